@@ -117,7 +117,8 @@ class TrainConfig:
   knn_eval: bool = False
   knn_k: int = 200
   knn_temperature: float = 0.1
-  log_every_steps: int = 10
+  log_every_steps: int = 0
+  probe_label_fractions: tuple[float, ...] = ()
   seed: int = 0
 
 
@@ -155,6 +156,9 @@ class ExperimentConfig:
       if unknown:
         raise ValueError(
             f"config section {field.name!r} has unknown keys {sorted(unknown)}")
+      # JSON has no tuples; every sequence field here is a tuple.
+      section = {k: tuple(v) if isinstance(v, list) else v
+                 for k, v in section.items()}
       parts[field.name] = part_cls(**section)
     return cls(**parts)
 

@@ -1,0 +1,168 @@
+"""Turns parsed absl flags into a frozen, validated ExperimentConfig."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tf_simclr import configs
+
+_SUPPORTED_DEPTHS = (18, 34, 50, 101, 152, 200)
+
+
+def _parse_fractions(text: str) -> tuple[float, ...]:
+  if not text.strip():
+    return ()
+  try:
+    values = tuple(float(v) for v in text.split(","))
+  except ValueError:
+    raise ValueError(
+        f"probe_label_fractions must be comma-separated numbers, got {text!r}"
+    ) from None
+  for v in values:
+    if not 0.0 < v <= 1.0:
+      raise ValueError(
+          f"probe_label_fractions values must be in (0, 1], got {v}")
+  return values
+
+
+def config_from_flags(flag_values: Any) -> configs.ExperimentConfig:
+  """Builds the experiment config from parsed flags (`absl.flags.FLAGS`).
+
+  The number of classes is filled in later from the data source.
+
+  Raises:
+    ValueError: on an invalid value or a conflicting combination of flags.
+  """
+  f = flag_values
+  stem = (configs.reference_stem(f.image_size, f.sk_ratio)
+          if f.stem == "auto" else f.stem)
+  shortcut = (configs.reference_shortcut(f.sk_ratio)
+              if f.shortcut == "auto" else f.shortcut)
+  if f.use_tpu and f.distribution not in ("mirrored", "tpu"):
+    raise ValueError(
+        f"--use_tpu conflicts with --distribution={f.distribution}")
+  distribution = "tpu" if f.use_tpu else f.distribution
+  cfg = configs.ExperimentConfig(
+      model=configs.ModelConfig(
+          resnet_depth=f.resnet_depth,
+          width_multiplier=f.width_multiplier,
+          sk_ratio=f.sk_ratio,
+          se_ratio=f.se_ratio,
+          stem=stem,
+          shortcut=shortcut,
+          global_bn=f.global_bn,
+          batch_norm_decay=f.batch_norm_decay,
+      ),
+      head=configs.HeadConfig(
+          proj_head_mode=f.proj_head_mode,
+          num_proj_layers=f.num_proj_layers,
+          proj_out_dim=f.proj_out_dim,
+          ft_proj_selector=f.ft_proj_selector,
+          lineareval_while_pretraining=f.lineareval_while_pretraining,
+          zero_init_logits_layer=f.zero_init_logits_layer,
+      ),
+      loss=configs.LossConfig(temperature=f.temperature,
+                              hidden_norm=f.hidden_norm),
+      data=configs.DataConfig(
+          dataset=f.dataset,
+          data_dir=f.data_dir,
+          train_split=f.train_split,
+          eval_split=f.eval_split,
+          image_size=f.image_size,
+          color_jitter_strength=f.color_jitter_strength,
+          use_blur=f.use_blur,
+          cache_dataset=f.cache_dataset,
+          skip_corrupt_images=f.skip_corrupt_images,
+          seed=f.seed,
+      ),
+      optimizer=configs.OptimizerConfig(
+          optimizer=f.optimizer,
+          learning_rate=f.learning_rate,
+          learning_rate_scaling=f.learning_rate_scaling,
+          warmup_epochs=f.warmup_epochs,
+          momentum=f.momentum,
+          weight_decay=f.weight_decay,
+      ),
+      train=configs.TrainConfig(
+          train_mode=f.train_mode,
+          mode=f.mode,
+          model_dir=f.model_dir,
+          train_batch_size=f.train_batch_size,
+          train_epochs=f.train_epochs,
+          train_steps=f.train_steps,
+          eval_batch_size=f.eval_batch_size,
+          eval_steps=f.eval_steps,
+          steps_per_loop=f.steps_per_loop,
+          checkpoint_epochs=f.checkpoint_epochs,
+          checkpoint_steps=f.checkpoint_steps,
+          keep_checkpoint_max=f.keep_checkpoint_max,
+          checkpoint=f.checkpoint,
+          fine_tune_after_block=f.fine_tune_after_block,
+          distribution=distribution,
+          use_tpu=f.use_tpu,
+          tpu_name=f.tpu_name,
+          jit_compile=f.jit_compile,
+          knn_eval=f.knn_eval,
+          knn_k=f.knn_k,
+          knn_temperature=f.knn_temperature,
+          log_every_steps=f.log_every_steps,
+          probe_label_fractions=_parse_fractions(f.probe_label_fractions),
+          seed=f.seed,
+      ),
+  )
+  validate(cfg)
+  return cfg
+
+
+def validate(cfg: configs.ExperimentConfig) -> None:
+  """Rejects invalid values and conflicting flags before any long work."""
+  m, h, d, o, t = cfg.model, cfg.head, cfg.data, cfg.optimizer, cfg.train
+
+  def need(condition: bool, message: str) -> None:
+    if not condition:
+      raise ValueError(message)
+
+  need(m.resnet_depth in _SUPPORTED_DEPTHS,
+       f"resnet_depth must be one of {_SUPPORTED_DEPTHS}, got {m.resnet_depth}")
+  need(m.width_multiplier > 0,
+       f"width_multiplier must be > 0, got {m.width_multiplier}")
+  need(m.sk_ratio >= 0, f"sk_ratio must be >= 0, got {m.sk_ratio}")
+  need(m.se_ratio >= 0, f"se_ratio must be >= 0, got {m.se_ratio}")
+  need(0.0 <= m.batch_norm_decay < 1.0,
+       f"batch_norm_decay must be in [0, 1), got {m.batch_norm_decay}")
+  need(h.num_proj_layers >= 1,
+       f"num_proj_layers must be >= 1, got {h.num_proj_layers}")
+  need(h.proj_out_dim >= 1, f"proj_out_dim must be >= 1, got {h.proj_out_dim}")
+  need(d.image_size >= 8, f"image_size must be >= 8, got {d.image_size}")
+  need(0.0 <= d.color_jitter_strength <= 1.25,
+       "color_jitter_strength must be in [0, 1.25], got "
+       f"{d.color_jitter_strength}")
+  need(cfg.loss.temperature > 0,
+       f"temperature must be > 0, got {cfg.loss.temperature}")
+  need(o.learning_rate >= 0,
+       f"learning_rate must be >= 0, got {o.learning_rate}")
+  need(o.warmup_epochs >= 0,
+       f"warmup_epochs must be >= 0, got {o.warmup_epochs}")
+  need(o.weight_decay >= 0, f"weight_decay must be >= 0, got {o.weight_decay}")
+  need(t.train_batch_size >= 1,
+       f"train_batch_size must be >= 1, got {t.train_batch_size}")
+  need(t.eval_batch_size >= 1,
+       f"eval_batch_size must be >= 1, got {t.eval_batch_size}")
+  need(t.train_steps > 0 or t.train_epochs > 0,
+       "one of train_steps or train_epochs must be > 0, got "
+       f"train_steps={t.train_steps}, train_epochs={t.train_epochs}")
+  need(t.train_steps >= 0, f"train_steps must be >= 0, got {t.train_steps}")
+  need(t.checkpoint_steps > 0 or t.checkpoint_epochs > 0,
+       "one of checkpoint_steps or checkpoint_epochs must be > 0")
+  need(t.keep_checkpoint_max >= 1,
+       f"keep_checkpoint_max must be >= 1, got {t.keep_checkpoint_max}")
+  need(-1 <= t.fine_tune_after_block <= 4,
+       f"fine_tune_after_block must be in [-1, 4], got "
+       f"{t.fine_tune_after_block}")
+  need(not (t.train_mode == "pretrain" and t.fine_tune_after_block != -1
+            and t.mode != "eval"),
+       "fine_tune_after_block only applies to --train_mode=finetune, got "
+       f"{t.fine_tune_after_block} with --train_mode={t.train_mode}")
+  need(not (d.dataset == "image_folder" and not d.data_dir),
+       "--dataset=image_folder needs --data_dir=ROOT (one sub-folder per "
+       "split, one per class)")

@@ -1,0 +1,131 @@
+"""absl flag definitions for run.py.
+
+Defaults are sized so that `python run.py` finishes in minutes on a 2-core CPU
+with the embedded `digits` dataset. The original SimCLR settings for ImageNet
+and CIFAR-10 are listed in README.md ("Reproducing the paper").
+"""
+
+from absl import flags
+
+MODES = ("train", "eval", "train_then_eval", "export")
+TRAIN_MODES = ("pretrain", "finetune", "supervised", "distill")
+
+
+def define_flags() -> None:
+  """Defines every tf_simclr flag once (safe to call repeatedly)."""
+  if "train_mode" in flags.FLAGS:
+    return
+
+  # What to run.
+  flags.DEFINE_enum("mode", "train_then_eval", MODES, "What to do.")
+  flags.DEFINE_enum("train_mode", "pretrain", TRAIN_MODES, "Training stage.")
+  flags.DEFINE_string("model_dir", "/tmp/tf_simclr",
+                      "Checkpoints, summaries, config.json and result.json.")
+  flags.DEFINE_string(
+      "checkpoint", None,
+      "Warm start (model weights only) from a tf_simclr checkpoint (prefix or "
+      "directory) or from a SavedModel written by the original SimCLR TF2 "
+      "code. Ignored when model_dir already holds a checkpoint (resume wins).")
+
+  # Data.
+  flags.DEFINE_string(
+      "dataset", "digits",
+      "'digits' (embedded, offline), 'image_folder' (with --data_dir) or any "
+      "TensorFlow Datasets name (cifar10, imagenet2012, ...).")
+  flags.DEFINE_string("data_dir", None, "Image-folder root or TFDS data_dir.")
+  flags.DEFINE_string("train_split", "train", "Training split.")
+  flags.DEFINE_string("eval_split", "test", "Evaluation split.")
+  flags.DEFINE_integer("image_size", 16, "Input resolution (<=32 selects the "
+                       "CIFAR stem and CIFAR-style evaluation with --stem=auto).")
+  flags.DEFINE_float("color_jitter_strength", 0.5, "Colour distortion strength.")
+  flags.DEFINE_bool("use_blur", False, "Random Gaussian blur in pretraining.")
+  flags.DEFINE_bool("cache_dataset", False, "Cache decoded examples in memory.")
+  flags.DEFINE_bool("skip_corrupt_images", False,
+                    "Skip unreadable image files (counted) instead of failing.")
+
+  # Backbone.
+  flags.DEFINE_integer("resnet_depth", 18, "18, 34, 50, 101, 152 or 200.")
+  flags.DEFINE_float(
+      "width_multiplier", 0.25,
+      "Channel multiplier; integers reproduce the reference, fractions are "
+      "rounded to whole channels.")
+  flags.DEFINE_float("sk_ratio", 0.0, "Selective-kernel ratio (0 = off; "
+                     "SimCLRv2 uses 0.0625).")
+  flags.DEFINE_float("se_ratio", 0.0, "Squeeze-excitation ratio (0 = off).")
+  flags.DEFINE_enum("stem", "auto", ("auto", "cifar", "imagenet", "resnet_d"),
+                    "auto: CIFAR stem for image_size<=32, else ResNet-D with "
+                    "SK, else ImageNet (the original code's coupling).")
+  flags.DEFINE_enum("shortcut", "auto", ("auto", "projection", "resnet_d"),
+                    "auto: ResNet-D average-pool shortcut iff sk_ratio > 0.")
+  flags.DEFINE_bool("global_bn", True, "Synchronise BN statistics across "
+                    "replicas.")
+  flags.DEFINE_float("batch_norm_decay", 0.9, "BN moving-average momentum.")
+
+  # Heads.
+  flags.DEFINE_enum("proj_head_mode", "nonlinear",
+                    ("none", "linear", "nonlinear"), "Projection head type.")
+  flags.DEFINE_integer("num_proj_layers", 3, "Projection-head layers.")
+  flags.DEFINE_integer("proj_out_dim", 128, "Projection output size.")
+  flags.DEFINE_integer(
+      "ft_proj_selector", 0,
+      "Projection-head layer feeding the supervised head (0 = encoder output, "
+      "1 = first projection layer, -1 = last).")
+  flags.DEFINE_bool("lineareval_while_pretraining", True,
+                    "Train a stop-gradient linear head while pretraining.")
+  flags.DEFINE_bool("zero_init_logits_layer", False,
+                    "Zero the classifier's kernel and bias before fine-tuning.")
+  flags.DEFINE_integer("fine_tune_after_block", -1,
+                       "Freeze the stem and block groups up to this one.")
+
+  # Loss.
+  flags.DEFINE_float("temperature", 0.2, "NT-Xent temperature.")
+  flags.DEFINE_bool("hidden_norm", True,
+                    "L2-normalise projections before the contrastive loss.")
+
+  # Optimiser.
+  flags.DEFINE_enum("optimizer", "lars", ("lars", "momentum", "adam"),
+                    "Optimiser.")
+  flags.DEFINE_float("learning_rate", 1.0, "Base learning rate (scaled).")
+  flags.DEFINE_enum("learning_rate_scaling", "linear", ("linear", "sqrt"),
+                    "linear: lr*B/256; sqrt: lr*sqrt(B).")
+  flags.DEFINE_float("warmup_epochs", 2.0, "Linear warm-up length.")
+  flags.DEFINE_float("momentum", 0.9, "Momentum.")
+  flags.DEFINE_float("weight_decay", 1e-4, "Weight decay.")
+
+  # Lengths and batches.
+  flags.DEFINE_integer("train_batch_size", 256, "Global training batch.")
+  flags.DEFINE_float("train_epochs", 30,
+                     "Training length in epochs (ignored if train_steps > 0).")
+  flags.DEFINE_integer("train_steps", 0, "Training length in steps; wins over "
+                       "train_epochs when > 0.")
+  flags.DEFINE_integer("eval_batch_size", 256, "Global evaluation batch.")
+  flags.DEFINE_integer("eval_steps", 0, "Evaluation steps (0 = whole split).")
+  flags.DEFINE_float("checkpoint_epochs", 1.0, "Checkpoint period in epochs.")
+  flags.DEFINE_integer("checkpoint_steps", 0, "Checkpoint period in steps; wins "
+                       "over checkpoint_epochs when > 0.")
+  flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept.")
+  flags.DEFINE_integer("steps_per_loop", 0, "Steps per compiled call "
+                       "(0 = min(checkpoint period, 50)).")
+  flags.DEFINE_integer("log_every_steps", 0, "Progress line period "
+                       "(0 = every loop).")
+  flags.DEFINE_integer("seed", 0, "Seed for data order, augmentation and init.")
+
+  # Distribution and compilation.
+  flags.DEFINE_enum("distribution", "mirrored",
+                    ("mirrored", "multi_worker", "one_device", "tpu"),
+                    "tf.distribute strategy (multi_worker reads TF_CONFIG).")
+  flags.DEFINE_bool("use_tpu", False, "Shorthand for --distribution=tpu.")
+  flags.DEFINE_string("tpu_name", None, "TPU name or address.")
+  flags.DEFINE_bool("jit_compile", True,
+                    "XLA-compile the per-replica train step (single replica).")
+
+  # Monitoring.
+  flags.DEFINE_bool("knn_eval", False,
+                    "Report k-NN top-1 on final_avg_pool features at eval.")
+  flags.DEFINE_integer("knn_k", 200, "Neighbours for the k-NN monitor.")
+  flags.DEFINE_float("knn_temperature", 0.1, "k-NN vote temperature.")
+  flags.DEFINE_string(
+      "probe_label_fractions", "",
+      "Comma-separated label fractions (e.g. 0.01,0.1) for a logistic-"
+      "regression probe on frozen features after pretraining, reported "
+      "against the same probe on a randomly initialised encoder.")

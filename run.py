@@ -1,0 +1,51 @@
+"""tf_simclr command line: pretrain, fine-tune, distill, evaluate, export.
+
+  python run.py --mode=train_then_eval --train_mode=pretrain
+
+Every flag is described by `python run.py --helpfull`; flags/ defines them.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+from absl import flags as absl_flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+import flags as tf_simclr_flags  # noqa: E402
+from tf_simclr.errors import NonFiniteLossError  # noqa: E402
+
+tf_simclr_flags.define_flags()
+FLAGS = absl_flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)
+  try:
+    cfg = tf_simclr_flags.config_from_flags(FLAGS)
+    # TensorFlow is imported only after the flags are known to be valid, so a
+    # bad flag fails in a fraction of a second.
+    from tf_simclr.training import experiment
+    experiment.run_experiment(cfg)
+  except (ValueError, FileNotFoundError, NonFiniteLossError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except Exception as e:  # pylint: disable=broad-except
+    # TensorFlow runtime errors (an unreadable file, an exhausted resource)
+    # are user-facing here: one line, no traceback.
+    if not type(e).__module__.startswith("tensorflow"):
+      raise
+    print(f"error: {type(e).__name__}: {str(e).splitlines()[0]}",
+          file=sys.stderr)
+    sys.exit(1)
+  except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+
+
+if __name__ == "__main__":
+  app.run(main)

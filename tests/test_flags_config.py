@@ -1,0 +1,73 @@
+"""Flags -> frozen config: defaults, coupling, validation, JSON round trip."""
+
+import dataclasses
+
+import pytest
+from absl import flags as absl_flags
+
+import flags as tf_simclr_flags
+from tf_simclr import configs
+
+
+@pytest.fixture
+def parse():
+  tf_simclr_flags.define_flags()
+
+  def _parse(*args):
+    values = absl_flags.FLAGS
+    values.unparse_flags()
+    values(["run.py", *args])
+    return tf_simclr_flags.config_from_flags(values)
+
+  yield _parse
+  absl_flags.FLAGS.unparse_flags()
+
+
+def test_defaults_resolve_reference_coupling(parse):
+  cfg = parse()
+  assert cfg.model.stem == configs.STEM_CIFAR  # 16 px
+  assert cfg.model.shortcut == configs.SHORTCUT_PROJECTION
+  cfg = parse("--image_size=224", "--sk_ratio=0.0625")
+  assert cfg.model.stem == configs.STEM_RESNET_D
+  assert cfg.model.shortcut == configs.SHORTCUT_RESNET_D
+  cfg = parse("--image_size=224")
+  assert cfg.model.stem == configs.STEM_IMAGENET
+  cfg = parse("--image_size=224", "--sk_ratio=0.0625", "--stem=imagenet",
+              "--shortcut=projection")
+  assert (cfg.model.stem, cfg.model.shortcut) == ("imagenet", "projection")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--resnet_depth=42"], "resnet_depth must be one of"),
+    (["--width_multiplier=0"], "width_multiplier must be > 0, got 0.0"),
+    (["--temperature=0"], "temperature must be > 0"),
+    (["--color_jitter_strength=2"], "color_jitter_strength"),
+    (["--train_steps=0", "--train_epochs=0"], "train_steps or train_epochs"),
+    (["--fine_tune_after_block=2"], "only applies to --train_mode=finetune"),
+    (["--fine_tune_after_block=7"], "fine_tune_after_block must be in"),
+    (["--dataset=image_folder"], "needs --data_dir"),
+    (["--use_tpu", "--distribution=multi_worker"], "--use_tpu conflicts"),
+    (["--probe_label_fractions=0.1,abc"], "probe_label_fractions"),
+    (["--probe_label_fractions=0"], "probe_label_fractions"),
+])
+def test_invalid_flags_raise_value_error_naming_the_flag(parse, args, message):
+  with pytest.raises(ValueError, match=message):
+    parse(*args)
+
+
+def test_config_json_round_trip(parse):
+  cfg = parse("--probe_label_fractions=0.01,0.1", "--resnet_depth=50")
+  restored = configs.ExperimentConfig.from_json(cfg.to_json())
+  assert restored == cfg
+  assert restored.train.probe_label_fractions == (0.01, 0.1)
+
+
+def test_config_is_frozen():
+  cfg = configs.ExperimentConfig()
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    cfg.model.resnet_depth = 50  # type: ignore[misc]
+
+
+def test_unknown_config_key_is_rejected():
+  with pytest.raises(ValueError, match="unknown keys"):
+    configs.ExperimentConfig.from_dict({"model": {"depth": 50}})

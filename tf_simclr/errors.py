@@ -1,0 +1,5 @@
+"""Errors the command line reports as one line (importing this is TF-free)."""
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training produced NaN or Inf; the last good checkpoint is kept."""

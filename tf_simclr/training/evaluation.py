@@ -1,0 +1,111 @@
+"""Evaluation: classifier top-1/top-5, frozen-feature probes and k-NN monitor."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+TOP_1 = "label_top_1_accuracy"
+TOP_5 = "label_top_5_accuracy"
+
+
+def evaluate_classifier(strategy: tf.distribute.Strategy,
+                        model: keras.Model,
+                        distributed_dataset,
+                        logits_key: str,
+                        steps: int = -1) -> dict[str, float]:
+  """Top-1/top-5 of `model(...)[logits_key]` over a distributed eval dataset.
+
+  Args:
+    strategy: the strategy the model lives in.
+    model: returns a dict holding `logits_key`.
+    distributed_dataset: elements {"image", "label"}, one pass.
+    logits_key: output key of the classifier logits.
+    steps: number of batches, -1 for the whole dataset.
+  """
+  with strategy.scope():
+    top1 = keras.metrics.SparseCategoricalAccuracy()
+    top5 = keras.metrics.SparseTopKCategoricalAccuracy(k=5)
+
+  @tf.function
+  def step(batch):
+    def replica_fn(b):
+      logits = model(b["image"], training=False)[logits_key]
+      top1.update_state(b["label"], logits)
+      top5.update_state(b["label"], logits)
+    strategy.run(replica_fn, args=(batch,))
+
+  for i, batch in enumerate(distributed_dataset):
+    if 0 <= steps <= i:
+      break
+    step(batch)
+  return {TOP_1: float(top1.result()), TOP_5: float(top5.result())}
+
+
+def extract_features(model: keras.Model, dataset: tf.data.Dataset,
+                     feature_key: str) -> tuple[np.ndarray, np.ndarray]:
+  """Inference-mode features and labels for every element of `dataset`."""
+
+  @tf.function
+  def features_of(images):
+    return model(images, training=False)[feature_key]
+
+  features, labels = [], []
+  for batch in dataset:
+    features.append(features_of(batch["image"]).numpy())
+    labels.append(batch["label"].numpy())
+  return np.concatenate(features), np.concatenate(labels)
+
+
+def knn_top1(train_features: np.ndarray, train_labels: np.ndarray,
+             test_features: np.ndarray, test_labels: np.ndarray,
+             num_classes: int, k: int = 200, temperature: float = 0.1,
+             chunk: int = 512) -> float:
+  """Weighted k-NN top-1 on cosine similarity (a label-free quality monitor).
+
+  Each test point takes its k most similar training points; a neighbour votes
+  for its class with weight exp(similarity / temperature).
+  """
+  if k < 1:
+    raise ValueError(f"k must be >= 1, got {k}")
+  if temperature <= 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}")
+
+  def normalise(x):
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+  train = normalise(train_features.astype(np.float32))
+  test = normalise(test_features.astype(np.float32))
+  k = min(k, len(train))
+  correct = 0
+  for start in range(0, len(test), chunk):
+    sims = test[start:start + chunk] @ train.T
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    top_sims = np.take_along_axis(sims, top, axis=1)
+    weights = np.exp(top_sims / temperature)
+    votes = np.zeros((len(top), num_classes), np.float64)
+    np.add.at(votes, (np.arange(len(top))[:, None], train_labels[top]),
+              weights)
+    correct += int(np.sum(votes.argmax(1) == test_labels[start:start + chunk]))
+  return correct / max(1, len(test))
+
+
+def linear_probe_top1(train_features: np.ndarray, train_labels: np.ndarray,
+                      test_features: np.ndarray, test_labels: np.ndarray,
+                      train_indices: Optional[np.ndarray] = None,
+                      max_iter: int = 2000) -> float:
+  """Top-1 of an L2-regularised logistic regression on frozen features."""
+  from sklearn.linear_model import LogisticRegression  # heavy; import late.
+  from sklearn.preprocessing import StandardScaler
+
+  if train_indices is not None:
+    train_features = train_features[train_indices]
+    train_labels = train_labels[train_indices]
+  scaler = StandardScaler().fit(train_features)
+  classifier = LogisticRegression(max_iter=max_iter)
+  classifier.fit(scaler.transform(train_features), train_labels)
+  predictions = classifier.predict(scaler.transform(test_features))
+  return float(np.mean(predictions == test_labels))

@@ -1,0 +1,279 @@
+"""One experiment from a resolved config: train, evaluate, report.
+
+`run.py` turns flags into an `ExperimentConfig` and calls `run_experiment`;
+everything here takes that config explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from typing import Callable
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tf_simclr import configs
+from tf_simclr.data import pipelines
+from tf_simclr.data import sources
+from tf_simclr.data import subsets
+from tf_simclr.models import builder
+from tf_simclr.models import resnet
+from tf_simclr.models import simclr_model
+from tf_simclr.training import checkpoints
+from tf_simclr.training import evaluation
+from tf_simclr.training import loop as loop_lib
+from tf_simclr.training import optimizer as optimizer_lib
+from tf_simclr.training import pretrain
+from tf_simclr.training import strategy as strategy_lib
+
+RESULT_FILE = "result.json"
+CONFIG_FILE = "config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """Step counts derived from the config and the dataset size."""
+  num_train_examples: int
+  total_steps: int
+  warmup_steps: int
+  epoch_steps: int
+  checkpoint_steps: int
+  steps_per_loop: int
+
+
+def compute_schedule(cfg: configs.ExperimentConfig,
+                     num_train_examples: int) -> Schedule:
+  """Training lengths; `train_steps` > 0 wins over `train_epochs` (SPEC §4.4)."""
+  t, o = cfg.train, cfg.optimizer
+  batch = t.train_batch_size
+  total = optimizer_lib.total_train_steps(num_train_examples, batch,
+                                          t.train_epochs, t.train_steps)
+  warmup = optimizer_lib.warmup_steps(o.warmup_epochs, num_train_examples,
+                                      batch)
+  if warmup >= total:
+    raise ValueError(
+        f"warmup_epochs={o.warmup_epochs} gives {warmup} warm-up steps, not "
+        f"fewer than the {total} training steps; shorten the warm-up")
+  epoch = optimizer_lib.epoch_steps(num_train_examples, batch)
+  period = t.checkpoint_steps or max(1, int(round(t.checkpoint_epochs * epoch)))
+  per_loop = t.steps_per_loop or min(period, 50)
+  return Schedule(num_train_examples, total, warmup, epoch, period, per_loop)
+
+
+def _check_writable(directory: str) -> None:
+  try:
+    tf.io.gfile.makedirs(directory)
+    if "://" not in directory:
+      with tempfile.NamedTemporaryFile(dir=directory):
+        pass
+  except (OSError, tf.errors.OpError) as e:
+    raise ValueError(f"model_dir {directory!r} is not writable: {e}") from None
+
+
+def _write_json(path: str, payload: dict) -> None:
+  tmp = path + ".tmp"
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    f.write(json.dumps(payload, indent=2, sort_keys=True))
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _build_model(cfg: configs.ExperimentConfig, replicas: int,
+                 name: str | None = None) -> keras.Model:
+  # Synchronised BN across one replica only adds collectives.
+  model_cfg = dataclasses.replace(
+      cfg.model, global_bn=cfg.model.global_bn and replicas > 1)
+  model = builder.build_model(model_cfg, cfg.head, cfg.train.train_mode)
+  size = cfg.data.image_size
+  model(tf.zeros([1, size, size, 3]), training=False)
+  return model
+
+
+def _view_grid_summary(source, cfg: configs.ExperimentConfig
+                       ) -> Callable[[int], None]:
+  """Writes a grid of augmented view pairs now and then."""
+  preview = pipelines.build_pretrain_dataset(
+      source, cfg.data.train_split, per_replica_batch_size=8,
+      image_size=cfg.data.image_size,
+      color_jitter_strength=cfg.data.color_jitter_strength,
+      seed=cfg.data.seed + 1)
+  iterator = iter(preview)
+  state = {"calls": 0}
+
+  def write(step: int) -> None:
+    if state["calls"] % 20 == 0:
+      batch = next(iterator)
+      pairs = tf.concat([batch["view1"], batch["view2"]], axis=2)
+      tf.summary.image("augmented_views", pairs, step=step, max_outputs=8)
+    state["calls"] += 1
+
+  return write
+
+
+def run_experiment(cfg: configs.ExperimentConfig,
+                   print_fn: Callable[[str], None] = print) -> dict:
+  """Trains and/or evaluates as `cfg.train.mode` says; returns the results."""
+  t, d = cfg.train, cfg.data
+  if t.train_mode != "pretrain":
+    raise ValueError(
+        f"train_mode {t.train_mode!r} is not available yet; use 'pretrain'")
+  keras.utils.set_random_seed(t.seed)
+  strategy = strategy_lib.build_strategy(t.distribution, t.tpu_name)
+  replicas = strategy.num_replicas_in_sync
+  chief = strategy_lib.is_chief(strategy)
+  per_replica_batch = strategy_lib.check_global_batch(t.train_batch_size,
+                                                      strategy)
+  strategy_lib.check_global_batch(t.eval_batch_size, strategy,
+                                  "eval_batch_size")
+
+  source = sources.get_source(d.dataset, d.data_dir,
+                              skip_corrupt_images=d.skip_corrupt_images)
+  num_train = source.num_examples(d.train_split)
+  num_eval = source.num_examples(d.eval_split)
+  cfg = dataclasses.replace(
+      cfg, head=dataclasses.replace(cfg.head, num_classes=source.num_classes))
+  schedule = compute_schedule(cfg, num_train)
+  _check_writable(t.model_dir)
+  if chief:
+    _write_json(os.path.join(t.model_dir, CONFIG_FILE), cfg.to_dict())
+  print_fn(
+      f"data: {source.name} train={num_train} ({d.train_split}) "
+      f"eval={num_eval} ({d.eval_split}) classes={source.num_classes}; "
+      f"{replicas} replica(s), global batch {t.train_batch_size}; "
+      f"{schedule.total_steps} steps, warm-up {schedule.warmup_steps}, "
+      f"checkpoint every {schedule.checkpoint_steps}")
+
+  with strategy.scope():
+    model = _build_model(cfg, replicas)
+    o = cfg.optimizer
+    learning_rate = optimizer_lib.build_learning_rate_schedule(
+        o.learning_rate, o.learning_rate_scaling, t.train_batch_size,
+        schedule.warmup_steps, schedule.total_steps)
+    optimizer = optimizer_lib.build_optimizer(
+        o.optimizer, learning_rate, momentum=o.momentum,
+        weight_decay=o.weight_decay, eeta=o.lars_eeta)
+    global_step = optimizer.iterations
+  manager = checkpoints.make_checkpoint_manager(
+      model, optimizer, t.model_dir, t.keep_checkpoint_max)
+
+  if manager.latest_checkpoint:
+    manager.checkpoint.restore(manager.latest_checkpoint)
+    print_fn(f"resumed from {manager.latest_checkpoint} at step "
+             f"{int(global_step.numpy())}")
+  elif t.checkpoint:
+    checkpoints.warm_start(model, t.checkpoint, print_fn)
+
+  results: dict = {}
+  if t.mode in ("train", "train_then_eval"):
+    results.update(_train(cfg, strategy, model, optimizer, manager, source,
+                          schedule, per_replica_batch, chief, print_fn))
+  if t.mode in ("eval", "train_then_eval"):
+    if t.mode == "eval" and not manager.latest_checkpoint and not t.checkpoint:
+      raise ValueError(
+          f"--mode=eval found no checkpoint in model_dir {t.model_dir!r} and "
+          "no --checkpoint was given")
+    results.update(_evaluate(cfg, strategy, model, source))
+    results["global_step"] = int(global_step.numpy())
+    if chief:
+      _write_json(os.path.join(t.model_dir, RESULT_FILE), results)
+      _write_json(os.path.join(
+          t.model_dir, f"result_{results['global_step']}.json"), results)
+    shown = " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                       for k, v in sorted(results.items()))
+    print_fn(f"final: {shown}")
+  return results
+
+
+def _train(cfg, strategy, model, optimizer, manager, source, schedule,
+           per_replica_batch, chief, print_fn) -> dict:
+  d, t = cfg.data, cfg.train
+  if int(optimizer.iterations.numpy()) >= schedule.total_steps:
+    print_fn(f"training already at step {schedule.total_steps}; nothing to do")
+    return {}
+
+  def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+    return pipelines.build_pretrain_dataset(
+        source, d.train_split,
+        per_replica_batch_size=context.get_per_replica_batch_size(
+            t.train_batch_size),
+        image_size=d.image_size,
+        color_jitter_strength=d.color_jitter_strength,
+        input_context=context, seed=d.seed, cache=d.cache_dataset)
+
+  dataset = strategy.distribute_datasets_from_function(dataset_fn)
+  trainer = pretrain.PretrainTrainer(
+      strategy, model, optimizer, dataset,
+      optimizer_name=cfg.optimizer.optimizer,
+      weight_decay=cfg.optimizer.weight_decay,
+      temperature=cfg.loss.temperature,
+      hidden_norm=cfg.loss.hidden_norm,
+      blur_image_size=d.image_size if d.use_blur else None,
+      seed=d.seed,
+      jit_compile=t.jit_compile and strategy.num_replicas_in_sync == 1)
+  writer = (tf.summary.create_file_writer(os.path.join(t.model_dir, "train"))
+            if chief else tf.summary.create_noop_writer())
+  settings = loop_lib.LoopSettings(
+      total_steps=schedule.total_steps,
+      steps_per_loop=schedule.steps_per_loop,
+      checkpoint_steps=schedule.checkpoint_steps,
+      images_per_step=t.train_batch_size,
+      loss_key=pretrain.TOTAL_LOSS,
+      log_every_steps=t.log_every_steps,
+      is_chief=chief)
+  train_loop = loop_lib.TrainLoop(
+      trainer, optimizer.iterations, manager, writer, settings,
+      extra_summaries=_view_grid_summary(source, cfg) if chief else None,
+      print_fn=print_fn)
+  start = time.time()
+  metrics = train_loop.run()
+  print_fn(f"training finished at step {int(optimizer.iterations.numpy())} "
+           f"in {time.time() - start:.0f}s")
+  return {f"train_{k}": v for k, v in metrics.items()}
+
+
+def _evaluate(cfg, strategy, model, source) -> dict:
+  d, t = cfg.data, cfg.train
+  results: dict = {}
+  eval_batches = t.eval_steps or -1
+  if model.supervised_head is not None:
+    dataset = strategy.distribute_datasets_from_function(
+        lambda ctx: pipelines.build_eval_dataset(
+            source, d.eval_split,
+            per_replica_batch_size=ctx.get_per_replica_batch_size(
+                t.eval_batch_size),
+            image_size=d.image_size, input_context=ctx))
+    results.update(evaluation.evaluate_classifier(
+        strategy, model, dataset, simclr_model.LOGITS_SUP, eval_batches))
+
+  if t.knn_eval or t.probe_label_fractions:
+    def features(split, encoder):
+      ds = pipelines.build_eval_dataset(
+          source, split, per_replica_batch_size=t.eval_batch_size,
+          image_size=d.image_size)
+      return evaluation.extract_features(encoder, ds, resnet.FINAL_AVG_POOL)
+
+    train_x, train_y = features(d.train_split, model)
+    test_x, test_y = features(d.eval_split, model)
+    if t.knn_eval:
+      results["knn_top_1_accuracy"] = evaluation.knn_top1(
+          train_x, train_y, test_x, test_y, source.num_classes, k=t.knn_k,
+          temperature=t.knn_temperature)
+    if t.probe_label_fractions:
+      with strategy.scope():
+        random_model = _build_model(cfg, strategy.num_replicas_in_sync)
+      random_train_x, _ = features(d.train_split, random_model)
+      random_test_x, _ = features(d.eval_split, random_model)
+      for fraction in t.probe_label_fractions:
+        indices = subsets.class_balanced_subset(train_y, fraction, seed=t.seed)
+        tag = f"{fraction:g}"
+        results[f"probe_{tag}_pretrained_top_1"] = (
+            evaluation.linear_probe_top1(train_x, train_y, test_x, test_y,
+                                         indices))
+        results[f"probe_{tag}_random_init_top_1"] = (
+            evaluation.linear_probe_top1(random_train_x, train_y,
+                                         random_test_x, test_y, indices))
+        results[f"probe_{tag}_num_labels"] = int(len(indices))
+  return results

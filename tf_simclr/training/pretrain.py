@@ -1,0 +1,152 @@
+"""Task-agnostic contrastive pretraining step (SimCLR, SPEC §2.4, §3)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import orbit
+import tensorflow as tf
+import tf_keras as keras
+
+from tf_simclr import losses
+from tf_simclr.data import augment
+from tf_simclr.models import simclr_model
+from tf_simclr.training import optimizer as optimizer_lib
+
+TOTAL_LOSS = "total_loss"
+CONTRAST_LOSS = "contrast_loss"
+CONTRAST_ACC = "contrast_acc"
+CONTRAST_ENTROPY = "contrast_entropy"
+SUPERVISED_LOSS = "supervised_loss"
+SUPERVISED_ACC = "supervised_acc"
+WEIGHT_DECAY = "weight_decay_loss"
+LEARNING_RATE = "learning_rate"
+
+
+class PretrainTrainer(orbit.StandardTrainer):
+  """One SimCLR step per replica: two views, NT-Xent, optional linear eval.
+
+  Args:
+    strategy: the distribution strategy the model and optimizer live in.
+    model: a `SimCLRModel` (a supervised head means linear eval).
+    optimizer: a tf_keras legacy optimizer whose `iterations` is the step.
+    train_dataset: a distributed dataset of {"view1", "view2", "label"}.
+    optimizer_name: 'lars', 'momentum' or 'adam' (weight-decay semantics).
+    weight_decay: the decay rate.
+    temperature: NT-Xent temperature.
+    hidden_norm: L2-normalise projections before the loss.
+    blur_image_size: configured image size for the blur kernel, or None for
+      no blur.
+    seed: seed for the in-step random blur.
+    jit_compile: XLA-compile the per-replica forward and backward pass.
+  """
+
+  def __init__(self,
+               strategy: tf.distribute.Strategy,
+               model: keras.Model,
+               optimizer: keras.optimizers.legacy.Optimizer,
+               train_dataset,
+               optimizer_name: str,
+               weight_decay: float,
+               temperature: float,
+               hidden_norm: bool = True,
+               blur_image_size: Optional[int] = None,
+               seed: int = 0,
+               jit_compile: bool = False):
+    self.strategy = strategy
+    self.model = model
+    self.optimizer = optimizer
+    self.optimizer_name = optimizer_name
+    self.weight_decay = weight_decay
+    self.temperature = temperature
+    self.hidden_norm = hidden_norm
+    self.blur_image_size = blur_image_size
+    self.seed = seed
+    self.jit_compile = jit_compile
+    with strategy.scope():
+      self.metrics = {
+          name: keras.metrics.Mean(name, dtype=tf.float32)
+          for name in (TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC,
+                       CONTRAST_ENTROPY, SUPERVISED_LOSS, SUPERVISED_ACC,
+                       WEIGHT_DECAY)
+      }
+    self._forward_backward = tf.function(
+        self._loss_and_gradients, jit_compile=jit_compile)
+    super().__init__(
+        train_dataset,
+        options=orbit.StandardTrainerOptions(use_tf_while_loop=True))
+
+  def _blur_views(self, view1: tf.Tensor, view2: tf.Tensor):
+    """Random blur per view batch; the seed depends on step and replica."""
+    context = tf.distribute.get_replica_context()
+    replica = tf.cast(context.replica_id_in_sync_group if context else 0,
+                      tf.int64)
+    step = tf.cast(self.optimizer.iterations, tf.int64)
+    base = step * 2 * self.strategy.num_replicas_in_sync + 2 * replica
+    seeds = [tf.stack([tf.constant(self.seed, tf.int64) + 7919, base + i])
+             for i in range(2)]
+    return (augment.random_gaussian_blur_batch(
+        view1, seeds[0], self.blur_image_size),
+            augment.random_gaussian_blur_batch(
+                view2, seeds[1], self.blur_image_size))
+
+  def _loss_and_gradients(self, images, labels):
+    variables = self.model.trainable_variables
+    with tf.GradientTape() as tape:
+      outputs = self.model(images, training=True)
+      contrast = losses.nt_xent_loss(
+          outputs[simclr_model.PROJ_HEAD_OUTPUT],
+          temperature=self.temperature, hidden_norm=self.hidden_norm)
+      total = contrast[losses.LOSS]
+      stats = {
+          CONTRAST_LOSS: contrast[losses.LOSS],
+          CONTRAST_ACC: contrast[losses.CONTRAST_ACCURACY],
+          CONTRAST_ENTROPY: contrast[losses.CONTRAST_ENTROPY],
+      }
+      if simclr_model.LOGITS_SUP in outputs:
+        logits = outputs[simclr_model.LOGITS_SUP]
+        both_views_labels = tf.concat([labels, labels], 0)
+        supervised = losses.supervised_loss(both_views_labels, logits)
+        total += supervised
+        stats[SUPERVISED_LOSS] = supervised
+        stats[SUPERVISED_ACC] = losses.top_k_accuracy(both_views_labels,
+                                                      logits, 1)
+      decay = optimizer_lib.weight_decay_loss(variables, self.optimizer_name,
+                                              self.weight_decay)
+      total += decay
+      stats[WEIGHT_DECAY] = decay
+      stats[TOTAL_LOSS] = total
+      # Gradients are summed over replicas, so scale for a mean.
+      scaled = total / self.strategy.num_replicas_in_sync
+    gradients = tape.gradient(scaled, variables)
+    return gradients, stats
+
+  def train_loop_begin(self):
+    for metric in self.metrics.values():
+      metric.reset_states()
+
+  def train_step(self, iterator):
+    def replica_step(batch):
+      view1, view2 = batch["view1"], batch["view2"]
+      if self.blur_image_size:
+        view1, view2 = self._blur_views(view1, view2)
+      images = tf.concat([view1, view2], 0)
+      gradients, stats = self._forward_backward(images, batch["label"])
+      variables = self.model.trainable_variables
+      self.optimizer.apply_gradients(
+          [(g, v) for g, v in zip(gradients, variables) if g is not None])
+      for name, value in stats.items():
+        self.metrics[name].update_state(value)
+
+    self.strategy.run(replica_step, args=(next(iterator),))
+
+  def train_loop_end(self):
+    results = {name: metric.result() for name, metric in self.metrics.items()
+               if name in (TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC,
+                           CONTRAST_ENTROPY, WEIGHT_DECAY)
+               or self.metrics[name].count > 0}
+    learning_rate = self.optimizer.learning_rate
+    if callable(learning_rate):
+      learning_rate = learning_rate(self.optimizer.iterations)
+    results[LEARNING_RATE] = learning_rate
+    return results
