@@ -1,0 +1,193 @@
+"""Tests of tf_simclr.data.pipelines on the digits and image-folder sources."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_simclr.data import pipelines
+from tf_simclr.data import sources
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return sources.get_source("digits")
+
+
+def _context(pipeline_id, num_pipelines=2):
+  return tf.distribute.InputContext(num_input_pipelines=num_pipelines,
+                                    input_pipeline_id=pipeline_id,
+                                    num_replicas_in_sync=num_pipelines)
+
+
+def _take(dataset, count):
+  return list(dataset.take(count).as_numpy_iterator())
+
+
+def _pretrain(source, seed, **kwargs):
+  # No colour distortion by default: its large graph is slow to build, and
+  # crop and flip already make the stream seed-dependent.
+  options = dict(per_replica_batch_size=8, image_size=16,
+                 color_jitter_strength=0.0, seed=seed,
+                 shuffle_buffer_multiplier=1)
+  options.update(kwargs)
+  return pipelines.build_pretrain_dataset(source, "train", **options)
+
+
+def test_shuffle_buffer_size():
+  assert pipelines.shuffle_buffer_size(8, 32) == 400
+  assert pipelines.shuffle_buffer_size(8, 33) == 80
+  assert pipelines.shuffle_buffer_size(8, 224, 3) == 24
+  with pytest.raises(ValueError, match="shuffle_buffer_multiplier"):
+    pipelines.shuffle_buffer_size(8, 32, -1)
+  with pytest.raises(ValueError, match="per_replica_batch_size"):
+    pipelines.shuffle_buffer_size(0, 32)
+
+
+def test_pretrain_element_spec_and_values(digits):
+  dataset = _pretrain(digits, seed=0, color_jitter_strength=0.5)
+  spec = dataset.element_spec
+  assert set(spec) == {"view1", "view2", "label"}
+  for view in ("view1", "view2"):
+    assert spec[view].shape == (8, 16, 16, 3)  # Static: drop_remainder.
+    assert spec[view].dtype == tf.float32
+  assert spec["label"].shape == (8,) and spec["label"].dtype == tf.int32
+  batch = _take(dataset, 1)[0]
+  assert batch["view1"].min() >= 0.0 and batch["view1"].max() <= 1.0
+  assert not np.array_equal(batch["view1"], batch["view2"])
+  assert set(batch["label"]) <= set(range(10))
+
+
+def test_pretrain_is_reproducible_per_seed(digits):
+  first = _take(_pretrain(digits, seed=1), 2)
+  again = _take(_pretrain(digits, seed=1), 2)
+  other = _take(_pretrain(digits, seed=2), 1)
+  for a, b in zip(first, again):
+    for key in ("view1", "view2", "label"):
+      np.testing.assert_array_equal(a[key], b[key])
+  assert not np.array_equal(first[0]["label"], other[0]["label"])
+  assert not np.allclose(first[0]["view1"], other[0]["view1"])
+  cached = _take(_pretrain(digits, seed=1, cache=True), 2)
+  for a, b in zip(first, cached):
+    np.testing.assert_array_equal(a["view1"], b["view1"])
+
+
+def test_each_example_gets_its_position_seed(digits, monkeypatch):
+  def seed_recorder(image_size, color_jitter_strength):
+    del image_size, color_jitter_strength
+    return lambda example, seed: {"seed": seed, "label": example["label"]}
+
+  monkeypatch.setattr(pipelines.augment, "build_pretrain_augment",
+                      seed_recorder)
+  batches = _take(_pretrain(digits, seed=7, input_context=_context(1)), 2)
+  seeds = np.concatenate([b["seed"] for b in batches])
+  # fold_in([seed, pipeline id], position) over the int64 stream position;
+  # its first half depends only on (seed, pipeline id).
+  expected = [tf.random.experimental.stateless_fold_in(
+      tf.constant([7, 1], tf.int64), tf.constant(i, tf.int64)).numpy()
+              for i in range(16)]
+  np.testing.assert_array_equal(seeds, expected)
+  np.testing.assert_array_equal(seeds[:, 1], np.arange(16))
+  assert seeds[0, 0] == 4883427707394007725
+
+
+def test_shards_get_distinct_streams(digits):
+  shard0 = _take(_pretrain(digits, seed=1, input_context=_context(0)), 1)[0]
+  shard1 = _take(_pretrain(digits, seed=1, input_context=_context(1)), 1)[0]
+  assert not np.allclose(shard0["view1"], shard1["view1"])
+
+
+def test_finetune_dataset(digits):
+  dataset = pipelines.build_finetune_dataset(
+      digits, "train", per_replica_batch_size=6, image_size=12, seed=3,
+      shuffle_buffer_multiplier=2)
+  spec = dataset.element_spec
+  assert set(spec) == {"image", "label"}
+  assert spec["image"].shape == (6, 12, 12, 3)
+  assert spec["label"].shape == (6,)
+  # 1,438 examples: an endless stream of full batches across epoch borders.
+  batches = _take(dataset, 250)
+  assert len(batches) == 250
+  assert all(b["image"].shape == (6, 12, 12, 3) for b in batches)
+  labels = np.concatenate([b["label"] for b in batches])
+  counts = np.bincount(labels, minlength=10)
+  assert counts.sum() == 1500 and counts.min() > 100
+
+
+def test_eval_covers_split_once_in_order(digits):
+  dataset = pipelines.build_eval_dataset(
+      digits, "test", per_replica_batch_size=50, image_size=8)
+  assert dataset.element_spec["image"].shape.as_list() == [None, 8, 8, 3]
+  batches = list(dataset.as_numpy_iterator())
+  assert [len(b["label"]) for b in batches] == [50] * 7 + [9]
+  images = np.concatenate([b["image"] for b in batches])
+  labels = np.concatenate([b["label"] for b in batches])
+  raw = list(digits.make_dataset("test").as_numpy_iterator())
+  np.testing.assert_array_equal(labels, [ex["label"] for ex in raw])
+  # At the native size eval preprocessing is only the uint8 -> [0, 1] scaling.
+  np.testing.assert_allclose(
+      images, np.stack([ex["image"] for ex in raw]) / 255.0, atol=1e-7)
+
+
+def test_eval_shards_cover_split_once(digits):
+  shards = [list(pipelines.build_eval_dataset(
+      digits, "test", per_replica_batch_size=64, image_size=8,
+      input_context=_context(i)).as_numpy_iterator()) for i in range(2)]
+  sizes = [sum(len(b["label"]) for b in shard) for shard in shards]
+  assert sizes == [180, 179]
+  labels = np.concatenate([b["label"] for shard in shards for b in shard])
+  np.testing.assert_array_equal(np.bincount(labels),
+                                [36, 36, 35, 37, 36, 36, 36, 36, 35, 36])
+
+
+def test_eval_resizes_small_images_to_image_size(digits):
+  dataset = pipelines.build_eval_dataset(
+      digits, "test", per_replica_batch_size=4, image_size=32)
+  batch = _take(dataset, 1)[0]
+  assert batch["image"].shape == (4, 32, 32, 3)
+
+
+def test_argument_validation(digits):
+  with pytest.raises(ValueError, match="per_replica_batch_size"):
+    _pretrain(digits, seed=0, per_replica_batch_size=0)
+  with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+    _pretrain(digits, seed=None)
+  with pytest.raises(ValueError, match="image_size"):
+    pipelines.build_eval_dataset(digits, "test", per_replica_batch_size=4,
+                                 image_size=-1)
+
+
+def test_make_dataset_fn_with_two_replicas(digits, two_cpu_strategy):
+  dataset_fn = pipelines.make_dataset_fn(
+      pipelines.build_pretrain_dataset, digits, "train", global_batch_size=8,
+      image_size=16, color_jitter_strength=0.0, seed=0,
+      shuffle_buffer_multiplier=1)
+  distributed = two_cpu_strategy.distribute_datasets_from_function(dataset_fn)
+  batch = next(iter(distributed))
+  shapes = [t.shape for t in
+            two_cpu_strategy.experimental_local_results(batch["view1"])]
+  assert shapes == [(4, 16, 16, 3), (4, 16, 16, 3)]
+  with pytest.raises(ValueError, match="global_batch_size must be divisible"):
+    pipelines.make_dataset_fn(pipelines.build_eval_dataset, digits, "test",
+                              global_batch_size=7, image_size=8)(_context(0))
+  with pytest.raises(ValueError, match="input_context is set by"):
+    pipelines.make_dataset_fn(pipelines.build_eval_dataset, digits, "test",
+                              global_batch_size=8, image_size=8,
+                              input_context=_context(0))
+
+
+def test_cifar10_image_folder_batch(cifar10_dir):
+  source = sources.get_source("image_folder", str(cifar10_dir))
+  assert source.class_names == ("airplane", "automobile", "bird", "cat",
+                                "deer", "dog", "frog", "horse", "ship",
+                                "truck")
+  assert source.num_examples("test") == 10000
+  dataset = pipelines.build_pretrain_dataset(
+      source, "test", per_replica_batch_size=4, image_size=32,
+      color_jitter_strength=0.0, shuffle_buffer_multiplier=1)
+  batch = _take(dataset, 1)[0]
+  assert batch["view1"].shape == (4, 32, 32, 3)
+  assert batch["label"].shape == (4,)
+  eval_batch = _take(pipelines.build_eval_dataset(
+      source, "test", per_replica_batch_size=4, image_size=32), 1)[0]
+  assert eval_batch["image"].shape == (4, 32, 32, 3)
+  np.testing.assert_array_equal(eval_batch["label"], [0, 0, 0, 0])

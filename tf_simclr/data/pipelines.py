@@ -1,0 +1,291 @@
+"""Per-stage `tf.data` pipelines (SPEC §6) over a `DataSource`.
+
+Training pipelines (pretraining and fine-tuning share one skeleton):
+
+  read (shuffled files, this input pipeline's shard) -> optional cache of raw
+  examples -> shuffle -> repeat forever -> augment -> batch (per replica,
+  drop_remainder) -> prefetch
+
+Eval pipeline: read (no shuffle) -> preprocess -> batch (drop_remainder=False)
+-> prefetch, a single pass.
+
+Deliberate differences from the reference:
+
+* Augmentation is seeded: the example at position i of a pipeline's (repeated)
+  stream is augmented with the stateless seed fold_in([seed, pipeline id], i),
+  and file and buffer shuffles take `seed`. With `deterministic=True` (the
+  default) a pipeline therefore yields the same batches every time it is built
+  with the same seed and shard. `deterministic=False` lets the parallel map
+  emit elements out of order (faster, as the reference allowed) but keeps each
+  example's augmentation tied to its position.
+* Labels stay int32 class ids; the trainer one-hots them if it needs to.
+* Eval images of another size than image_size <= 32 (e.g. the 8x8 `digits`)
+  are resized by `augment.build_eval_preprocess` instead of being rejected.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, Optional
+
+import tensorflow as tf
+
+from tf_simclr.data import augment
+from tf_simclr.data import sources
+
+ExampleFn = Callable[[dict[str, tf.Tensor], tf.Tensor], dict[str, tf.Tensor]]
+
+# Reference shuffle buffer, in per-replica batches: larger for small images,
+# whose examples are cheap to hold.
+SMALL_IMAGE_MAX_SIZE = 32
+SMALL_IMAGE_SHUFFLE_MULTIPLIER = 50
+LARGE_IMAGE_SHUFFLE_MULTIPLIER = 10
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+  if not _is_int(value) or value <= 0:
+    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+  return int(value)
+
+
+def _check_seed(seed: Any) -> int:
+  # Non-negative so that it is also a valid `Dataset.shuffle` seed.
+  if not _is_int(seed) or not 0 <= seed < 2**63:
+    raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+  return int(seed)
+
+
+def shuffle_buffer_size(per_replica_batch_size: int, image_size: int,
+                        shuffle_buffer_multiplier: int = 0) -> int:
+  """Examples held by a training pipeline's shuffle buffer.
+
+  Args:
+    per_replica_batch_size: examples per replica batch.
+    image_size: output side length; selects the reference multiplier.
+    shuffle_buffer_multiplier: buffer in per-replica batches; 0 selects the
+      reference's 50 (image_size <= 32) or 10.
+
+  Returns:
+    per_replica_batch_size * multiplier.
+  """
+  _check_positive_int("per_replica_batch_size", per_replica_batch_size)
+  _check_positive_int("image_size", image_size)
+  if not _is_int(shuffle_buffer_multiplier) or shuffle_buffer_multiplier < 0:
+    raise ValueError("shuffle_buffer_multiplier must be a non-negative "
+                     f"integer, got {shuffle_buffer_multiplier!r}")
+  multiplier = shuffle_buffer_multiplier
+  if multiplier == 0:
+    multiplier = (SMALL_IMAGE_SHUFFLE_MULTIPLIER
+                  if image_size <= SMALL_IMAGE_MAX_SIZE
+                  else LARGE_IMAGE_SHUFFLE_MULTIPLIER)
+  return per_replica_batch_size * multiplier
+
+
+def _image_and_label(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  # The augmentation contract takes exactly these keys; dropping the id also
+  # keeps it out of the cache and the shuffle buffer.
+  return {"image": example["image"], "label": example["label"]}
+
+
+def _pipeline_id(input_context: Optional[tf.distribute.InputContext]) -> int:
+  return 0 if input_context is None else input_context.input_pipeline_id
+
+
+def _build_training_dataset(source: sources.DataSource,
+                            split: str,
+                            augment_fn: ExampleFn,
+                            *,
+                            per_replica_batch_size: int,
+                            image_size: int,
+                            input_context: Optional[tf.distribute.InputContext],
+                            seed: int,
+                            cache: bool,
+                            shuffle_buffer_multiplier: int,
+                            deterministic: bool) -> tf.data.Dataset:
+  """The skeleton shared by the pretraining and fine-tuning pipelines."""
+  buffer_size = shuffle_buffer_size(per_replica_batch_size, image_size,
+                                    shuffle_buffer_multiplier)
+  seed = _check_seed(seed)
+  dataset = source.make_dataset(split, shuffle_files=True,
+                                input_context=input_context, seed=seed)
+  dataset = dataset.map(_image_and_label, num_parallel_calls=tf.data.AUTOTUNE)
+  if cache:
+    dataset = dataset.cache()
+  dataset = dataset.shuffle(buffer_size, seed=seed,
+                            reshuffle_each_iteration=True)
+  dataset = dataset.repeat().enumerate()
+  # Shards get distinct streams even though they share `seed`.
+  base_seed = tf.constant([seed, _pipeline_id(input_context)], tf.int64)
+
+  def augment_at(position, example):
+    example_seed = tf.random.experimental.stateless_fold_in(base_seed,
+                                                            position)
+    return augment_fn(example, example_seed)
+
+  dataset = dataset.map(augment_at, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=deterministic)
+  dataset = dataset.batch(per_replica_batch_size, drop_remainder=True)
+  return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def build_pretrain_dataset(
+    source: sources.DataSource,
+    split: str,
+    *,
+    per_replica_batch_size: int,
+    image_size: int,
+    color_jitter_strength: float,
+    input_context: Optional[tf.distribute.InputContext] = None,
+    seed: int = 0,
+    cache: bool = False,
+    shuffle_buffer_multiplier: int = 0,
+    deterministic: bool = True) -> tf.data.Dataset:
+  """Endless batches of two augmented views for contrastive pretraining.
+
+  Args:
+    source: where the examples come from.
+    split: split to read.
+    per_replica_batch_size: examples per batch (every batch is full).
+    image_size: side length of the square views.
+    color_jitter_strength: colour distortion strength s (SPEC §5.1).
+    input_context: reads only this input pipeline's shard when given.
+    seed: seeds the file order, the shuffle buffer and the augmentations.
+    cache: cache the decoded raw examples in memory after the first pass.
+    shuffle_buffer_multiplier: shuffle buffer in per-replica batches (0: 50
+      for image_size <= 32, else 10).
+    deterministic: keep element order fixed across parallel map calls.
+
+  Returns:
+    A dataset of {"view1": float32 [b, S, S, 3], "view2": float32 [b, S, S, 3],
+    "label": int32 [b]}.
+  """
+  _check_positive_int("image_size", image_size)
+  augment_fn = augment.build_pretrain_augment(image_size,
+                                              color_jitter_strength)
+  return _build_training_dataset(
+      source, split, augment_fn,
+      per_replica_batch_size=per_replica_batch_size, image_size=image_size,
+      input_context=input_context, seed=seed, cache=cache,
+      shuffle_buffer_multiplier=shuffle_buffer_multiplier,
+      deterministic=deterministic)
+
+
+def build_finetune_dataset(
+    source: sources.DataSource,
+    split: str,
+    *,
+    per_replica_batch_size: int,
+    image_size: int,
+    input_context: Optional[tf.distribute.InputContext] = None,
+    seed: int = 0,
+    cache: bool = False,
+    shuffle_buffer_multiplier: int = 0,
+    deterministic: bool = True) -> tf.data.Dataset:
+  """Endless batches of crop-and-flip augmented images for fine-tuning.
+
+  Args:
+    source: where the examples come from.
+    split: split to read.
+    per_replica_batch_size: examples per batch (every batch is full).
+    image_size: side length of the square images.
+    input_context: reads only this input pipeline's shard when given.
+    seed: seeds the file order, the shuffle buffer and the augmentations.
+    cache: cache the decoded raw examples in memory after the first pass.
+    shuffle_buffer_multiplier: shuffle buffer in per-replica batches (0: 50
+      for image_size <= 32, else 10).
+    deterministic: keep element order fixed across parallel map calls.
+
+  Returns:
+    A dataset of {"image": float32 [b, S, S, 3], "label": int32 [b]}.
+  """
+  _check_positive_int("image_size", image_size)
+  augment_fn = augment.build_finetune_augment(image_size)
+  return _build_training_dataset(
+      source, split, augment_fn,
+      per_replica_batch_size=per_replica_batch_size, image_size=image_size,
+      input_context=input_context, seed=seed, cache=cache,
+      shuffle_buffer_multiplier=shuffle_buffer_multiplier,
+      deterministic=deterministic)
+
+
+def build_eval_dataset(
+    source: sources.DataSource,
+    split: str,
+    *,
+    per_replica_batch_size: int,
+    image_size: int,
+    input_context: Optional[tf.distribute.InputContext] = None
+) -> tf.data.Dataset:
+  """One pass over a split, in order, with evaluation preprocessing.
+
+  Args:
+    source: where the examples come from.
+    split: split to read.
+    per_replica_batch_size: examples per batch; the last batch may be smaller.
+    image_size: side length of the square images.
+    input_context: reads only this input pipeline's shard when given.
+
+  Returns:
+    A dataset of {"image": float32 [<=b, S, S, 3], "label": int32 [<=b]}.
+  """
+  _check_positive_int("per_replica_batch_size", per_replica_batch_size)
+  _check_positive_int("image_size", image_size)
+  preprocess = augment.build_eval_preprocess(image_size)
+
+  def prepare(example):
+    return preprocess(_image_and_label(example))
+
+  dataset = source.make_dataset(split, shuffle_files=False,
+                                input_context=input_context)
+  dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=True)
+  dataset = dataset.batch(per_replica_batch_size, drop_remainder=False)
+  return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def make_dataset_fn(
+    build_fn: Callable[..., tf.data.Dataset],
+    source: sources.DataSource,
+    split: str,
+    *,
+    global_batch_size: int,
+    **kwargs: Any) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+  """Wraps a `build_*_dataset` for `strategy.distribute_datasets_from_function`.
+
+  Args:
+    build_fn: `build_pretrain_dataset`, `build_finetune_dataset` or
+      `build_eval_dataset`.
+    source: where the examples come from.
+    split: split to read.
+    global_batch_size: batch over all replicas; must divide evenly.
+    **kwargs: further keyword arguments of `build_fn` (not
+      `per_replica_batch_size` or `input_context`, which come from here).
+
+  Returns:
+    A function of the strategy's `InputContext` building that input
+    pipeline's shard, batched at the per-replica size.
+  """
+  _check_positive_int("global_batch_size", global_batch_size)
+  for reserved in ("per_replica_batch_size", "input_context"):
+    if reserved in kwargs:
+      raise ValueError(
+          f"{reserved} is set by make_dataset_fn, got {reserved}="
+          f"{kwargs[reserved]!r}")
+
+  def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+    if global_batch_size % input_context.num_replicas_in_sync:
+      raise ValueError(
+          f"global_batch_size must be divisible by the "
+          f"{input_context.num_replicas_in_sync} replicas, got "
+          f"{global_batch_size}")
+    return build_fn(
+        source, split,
+        per_replica_batch_size=input_context.get_per_replica_batch_size(
+            global_batch_size),
+        input_context=input_context, **kwargs)
+
+  return dataset_fn
