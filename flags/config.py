@@ -62,7 +62,9 @@ def config_from_flags(flag_values: Any) -> configs.ExperimentConfig:
           zero_init_logits_layer=f.zero_init_logits_layer,
       ),
       loss=configs.LossConfig(temperature=f.temperature,
-                              hidden_norm=f.hidden_norm),
+                              hidden_norm=f.hidden_norm,
+                              memory_size=f.memory_size,
+                              memory_momentum=f.memory_momentum),
       data=configs.DataConfig(
           dataset=f.dataset,
           data_dir=f.data_dir,
@@ -109,6 +111,12 @@ def config_from_flags(flag_values: Any) -> configs.ExperimentConfig:
           probe_label_fractions=_parse_fractions(f.probe_label_fractions),
           seed=f.seed,
       ),
+      export=configs.ExportConfig(
+          export_dir=f.export_dir,
+          hub_export_dir=f.hub_export_dir,
+          keep_exports=f.keep_exports,
+          export_at_end=f.export_at_end,
+      ),
   )
   validate(cfg)
   return cfg
@@ -139,6 +147,15 @@ def validate(cfg: configs.ExperimentConfig) -> None:
        f"{d.color_jitter_strength}")
   need(cfg.loss.temperature > 0,
        f"temperature must be > 0, got {cfg.loss.temperature}")
+  need(cfg.loss.memory_size >= 0,
+       f"memory_size must be >= 0, got {cfg.loss.memory_size}")
+  need(0.0 <= cfg.loss.memory_momentum <= 1.0,
+       f"memory_momentum must be in [0, 1], got {cfg.loss.memory_momentum}")
+  need(not (cfg.loss.memory_size and not cfg.loss.hidden_norm),
+       "memory_size > 0 needs --hidden_norm (queued keys are L2-normalised), "
+       "got --nohidden_norm")
+  need(not (cfg.loss.memory_size and h.proj_head_mode == "none"),
+       "memory_size > 0 needs a projection head, got --proj_head_mode=none")
   need(o.learning_rate >= 0,
        f"learning_rate must be >= 0, got {o.learning_rate}")
   need(o.warmup_epochs >= 0,
@@ -163,6 +180,9 @@ def validate(cfg: configs.ExperimentConfig) -> None:
             and t.mode != "eval"),
        "fine_tune_after_block only applies to --train_mode=finetune, got "
        f"{t.fine_tune_after_block} with --train_mode={t.train_mode}")
+  need(not (t.mode == "export" and not t.checkpoint),
+       "--mode=export needs --checkpoint=PATH (a tf_simclr checkpoint or an "
+       "original-code SavedModel)")
   need(not (d.dataset == "image_folder" and not d.data_dir),
        "--dataset=image_folder needs --data_dir=ROOT (one sub-folder per "
        "split, one per class)")

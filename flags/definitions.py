@@ -81,6 +81,12 @@ def define_flags() -> None:
   flags.DEFINE_float("temperature", 0.2, "NT-Xent temperature.")
   flags.DEFINE_bool("hidden_norm", True,
                     "L2-normalise projections before the contrastive loss.")
+  flags.DEFINE_integer(
+      "memory_size", 0,
+      "Queue of negatives from a momentum encoder (MoCo-style; SimCLRv2 uses "
+      "about 65536). 0 disables it.")
+  flags.DEFINE_float("memory_momentum", 0.999,
+                     "EMA momentum of the key (momentum) encoder.")
 
   # Optimiser.
   flags.DEFINE_enum("optimizer", "lars", ("lars", "momentum", "adam"),
@@ -118,6 +124,19 @@ def define_flags() -> None:
   flags.DEFINE_string("tpu_name", None, "TPU name or address.")
   flags.DEFINE_bool("jit_compile", True,
                     "XLA-compile the per-replica train step (single replica).")
+
+  # Export.
+  flags.DEFINE_string(
+      "export_dir", None,
+      "TF Serving export base (numbered versions); default MODEL_DIR/export. "
+      "Written at the end of training and by --mode=export.")
+  flags.DEFINE_string("hub_export_dir", None,
+                      "Also write a fine-tunable TF Hub module (+ .tar.gz and "
+                      "model card) here.")
+  flags.DEFINE_integer("keep_exports", 1, "Newest serving versions kept "
+                       "(<= 0 keeps all).")
+  flags.DEFINE_bool("export_at_end", True,
+                    "Export for TF Serving when training ends.")
 
   # Monitoring.
   flags.DEFINE_bool("knn_eval", False,

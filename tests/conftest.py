@@ -4,6 +4,7 @@ Two logical CPU devices are configured before TensorFlow touches a device, so
 cross-replica tests can run MirroredStrategy on this CPU-only machine.
 """
 
+import itertools
 import os
 import pathlib
 
@@ -44,6 +45,24 @@ def cifar10_dir():
   if not (CIFAR10_DIR / "train").exists():
     pytest.skip(f"CIFAR-10 image folder not found at {CIFAR10_DIR}")
   return CIFAR10_DIR
+
+
+_collective_key_bases = itertools.count(1_000_000, 1_000_000)
+_original_mirrored_init = tf.distribute.MirroredStrategy.__init__
+
+
+def _mirrored_init_with_fresh_keys(self, *args, **kwargs):
+  # Every MirroredStrategy in a process starts from the same collective keys
+  # and the runtime remembers each collective instance's shape, so a second
+  # strategy in one test process collides with the first ("Shape mismatch in
+  # the collective instance"). A fresh key range per strategy (an attribute
+  # TF keeps for tests) keeps tests independent; one process of run.py only
+  # ever builds one strategy.
+  type(self)._collective_key_base = next(_collective_key_bases)
+  _original_mirrored_init(self, *args, **kwargs)
+
+
+tf.distribute.MirroredStrategy.__init__ = _mirrored_init_with_fresh_keys
 
 
 @pytest.fixture

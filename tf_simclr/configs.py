@@ -62,8 +62,11 @@ class HeadConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
+  """NT-Xent and the optional MoCo-style memory of negatives (0 = off)."""
   temperature: float = 0.1
   hidden_norm: bool = True
+  memory_size: int = 0
+  memory_momentum: float = 0.999
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,9 +127,10 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-  export_dir: Optional[str] = None
+  export_dir: Optional[str] = None  # None: MODEL_DIR/export.
   hub_export_dir: Optional[str] = None
   keep_exports: int = 1
+  export_at_end: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,8 +105,11 @@ def _build_training_dataset(source: sources.DataSource,
                             seed: int,
                             cache: bool,
                             shuffle_buffer_multiplier: int,
-                            deterministic: bool) -> tf.data.Dataset:
+                            deterministic: bool,
+                            start_batch: int = 0) -> tf.data.Dataset:
   """The skeleton shared by the pretraining and fine-tuning pipelines."""
+  if not _is_int(start_batch) or start_batch < 0:
+    raise ValueError(f"start_batch must be an integer >= 0, got {start_batch!r}")
   buffer_size = shuffle_buffer_size(per_replica_batch_size, image_size,
                                     shuffle_buffer_multiplier)
   seed = _check_seed(seed)
@@ -118,6 +121,10 @@ def _build_training_dataset(source: sources.DataSource,
   dataset = dataset.shuffle(buffer_size, seed=seed,
                             reshuffle_each_iteration=True)
   dataset = dataset.repeat().enumerate()
+  if start_batch:
+    # Resuming at step k replays the stream up to where the interrupted run
+    # stopped, skipping before augmentation so only reading is repeated.
+    dataset = dataset.skip(start_batch * per_replica_batch_size)
   # Shards get distinct streams even though they share `seed`.
   base_seed = tf.constant([seed, _pipeline_id(input_context)], tf.int64)
 
@@ -143,7 +150,8 @@ def build_pretrain_dataset(
     seed: int = 0,
     cache: bool = False,
     shuffle_buffer_multiplier: int = 0,
-    deterministic: bool = True) -> tf.data.Dataset:
+    deterministic: bool = True,
+    start_batch: int = 0) -> tf.data.Dataset:
   """Endless batches of two augmented views for contrastive pretraining.
 
   Args:
@@ -158,6 +166,8 @@ def build_pretrain_dataset(
     shuffle_buffer_multiplier: shuffle buffer in per-replica batches (0: 50
       for image_size <= 32, else 10).
     deterministic: keep element order fixed across parallel map calls.
+    start_batch: batches of this pipeline already consumed (resume); the
+      stream continues exactly where they ended.
 
   Returns:
     A dataset of {"view1": float32 [b, S, S, 3], "view2": float32 [b, S, S, 3],
@@ -171,7 +181,7 @@ def build_pretrain_dataset(
       per_replica_batch_size=per_replica_batch_size, image_size=image_size,
       input_context=input_context, seed=seed, cache=cache,
       shuffle_buffer_multiplier=shuffle_buffer_multiplier,
-      deterministic=deterministic)
+      deterministic=deterministic, start_batch=start_batch)
 
 
 def build_finetune_dataset(
@@ -184,7 +194,8 @@ def build_finetune_dataset(
     seed: int = 0,
     cache: bool = False,
     shuffle_buffer_multiplier: int = 0,
-    deterministic: bool = True) -> tf.data.Dataset:
+    deterministic: bool = True,
+    start_batch: int = 0) -> tf.data.Dataset:
   """Endless batches of crop-and-flip augmented images for fine-tuning.
 
   Args:
@@ -198,6 +209,8 @@ def build_finetune_dataset(
     shuffle_buffer_multiplier: shuffle buffer in per-replica batches (0: 50
       for image_size <= 32, else 10).
     deterministic: keep element order fixed across parallel map calls.
+    start_batch: batches of this pipeline already consumed (resume); the
+      stream continues exactly where they ended.
 
   Returns:
     A dataset of {"image": float32 [b, S, S, 3], "label": int32 [b]}.
@@ -209,7 +222,7 @@ def build_finetune_dataset(
       per_replica_batch_size=per_replica_batch_size, image_size=image_size,
       input_context=input_context, seed=seed, cache=cache,
       shuffle_buffer_multiplier=shuffle_buffer_multiplier,
-      deterministic=deterministic)
+      deterministic=deterministic, start_batch=start_batch)
 
 
 def build_eval_dataset(

@@ -21,6 +21,7 @@ from tf_simclr.data import pipelines
 from tf_simclr.data import sources
 from tf_simclr.data import subsets
 from tf_simclr.models import builder
+from tf_simclr.models import memory_bank
 from tf_simclr.models import resnet
 from tf_simclr.models import simclr_model
 from tf_simclr.training import checkpoints
@@ -30,6 +31,8 @@ from tf_simclr.training import optimizer as optimizer_lib
 from tf_simclr.training import pretrain
 from tf_simclr.training import strategy as strategy_lib
 
+MOMENTUM_ENCODER = "momentum_encoder"
+NEGATIVE_QUEUE = "negative_queue"
 RESULT_FILE = "result.json"
 CONFIG_FILE = "config.json"
 
@@ -92,6 +95,21 @@ def _build_model(cfg: configs.ExperimentConfig, replicas: int,
   return model
 
 
+def _build_memory_bank(cfg: configs.ExperimentConfig, model: keras.Model,
+                       replicas: int) -> dict:
+  """Momentum encoder + queue when memory_size > 0 (checkpointed objects)."""
+  if not cfg.loss.memory_size:
+    return {}
+  twin_cfg = dataclasses.replace(
+      cfg, head=dataclasses.replace(cfg.head,
+                                    lineareval_while_pretraining=False))
+  encoder = memory_bank.MomentumEncoder(_build_model(twin_cfg, replicas))
+  encoder.initialize_from(model)
+  queue = memory_bank.NegativeQueue(cfg.loss.memory_size,
+                                    cfg.head.proj_out_dim)
+  return {MOMENTUM_ENCODER: encoder, NEGATIVE_QUEUE: queue}
+
+
 def _view_grid_summary(source, cfg: configs.ExperimentConfig
                        ) -> Callable[[int], None]:
   """Writes a grid of augmented view pairs now and then."""
@@ -114,18 +132,27 @@ def _view_grid_summary(source, cfg: configs.ExperimentConfig
 
 
 def run_experiment(cfg: configs.ExperimentConfig,
-                   print_fn: Callable[[str], None] = print) -> dict:
-  """Trains and/or evaluates as `cfg.train.mode` says; returns the results."""
+                   print_fn: Callable[[str], None] = print,
+                   strategy: tf.distribute.Strategy | None = None) -> dict:
+  """Trains and/or evaluates as `cfg.train.mode` says; returns the results.
+
+  Args:
+    cfg: the resolved experiment config.
+    print_fn: receives progress and summary lines.
+    strategy: overrides the strategy `cfg.train.distribution` would build.
+  """
   t, d = cfg.train, cfg.data
+  if t.mode == "export":
+    return export_from_checkpoint(cfg, print_fn)
   if t.train_mode != "pretrain":
     raise ValueError(
         f"train_mode {t.train_mode!r} is not available yet; use 'pretrain'")
   keras.utils.set_random_seed(t.seed)
-  strategy = strategy_lib.build_strategy(t.distribution, t.tpu_name)
+  strategy = strategy or strategy_lib.build_strategy(t.distribution,
+                                                     t.tpu_name)
   replicas = strategy.num_replicas_in_sync
   chief = strategy_lib.is_chief(strategy)
-  per_replica_batch = strategy_lib.check_global_batch(t.train_batch_size,
-                                                      strategy)
+  strategy_lib.check_global_batch(t.train_batch_size, strategy)
   strategy_lib.check_global_batch(t.eval_batch_size, strategy,
                                   "eval_batch_size")
 
@@ -156,8 +183,9 @@ def run_experiment(cfg: configs.ExperimentConfig,
         o.optimizer, learning_rate, momentum=o.momentum,
         weight_decay=o.weight_decay, eeta=o.lars_eeta)
     global_step = optimizer.iterations
+    memory = _build_memory_bank(cfg, model, replicas)
   manager = checkpoints.make_checkpoint_manager(
-      model, optimizer, t.model_dir, t.keep_checkpoint_max)
+      model, optimizer, t.model_dir, t.keep_checkpoint_max, extra=memory)
 
   if manager.latest_checkpoint:
     manager.checkpoint.restore(manager.latest_checkpoint)
@@ -165,11 +193,13 @@ def run_experiment(cfg: configs.ExperimentConfig,
              f"{int(global_step.numpy())}")
   elif t.checkpoint:
     checkpoints.warm_start(model, t.checkpoint, print_fn)
+    if memory:
+      memory[MOMENTUM_ENCODER].initialize_from(model)
 
   results: dict = {}
   if t.mode in ("train", "train_then_eval"):
     results.update(_train(cfg, strategy, model, optimizer, manager, source,
-                          schedule, per_replica_batch, chief, print_fn))
+                          schedule, chief, print_fn, memory))
   if t.mode in ("eval", "train_then_eval"):
     if t.mode == "eval" and not manager.latest_checkpoint and not t.checkpoint:
       raise ValueError(
@@ -181,14 +211,84 @@ def run_experiment(cfg: configs.ExperimentConfig,
       _write_json(os.path.join(t.model_dir, RESULT_FILE), results)
       _write_json(os.path.join(
           t.model_dir, f"result_{results['global_step']}.json"), results)
+  if (t.mode in ("train", "train_then_eval") and cfg.export.export_at_end
+      and chief):
+    results.update(_export(cfg, model, int(global_step.numpy()),
+                           dict(results), print_fn))
+  if results:
     shown = " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                        for k, v in sorted(results.items()))
     print_fn(f"final: {shown}")
   return results
 
 
+def _export(cfg: configs.ExperimentConfig, model: keras.Model, step: int,
+            metrics: dict, print_fn) -> dict:
+  """Writes the TF Serving version (and the Hub module when asked)."""
+  from tf_simclr.export import hub  # Export code is only loaded when used.
+  from tf_simclr.export import serving
+  e = cfg.export
+  export_base = e.export_dir or os.path.join(cfg.train.model_dir, "export")
+  metadata = {"global_step": step, "config": cfg.to_dict(),
+              "dataset": cfg.data.dataset, "train_mode": cfg.train.train_mode,
+              "metrics": {k: v for k, v in metrics.items()
+                          if isinstance(v, (int, float))}}
+  has_head = getattr(model, "supervised_head", None) is not None
+  version_dir = serving.export_serving(
+      model, export_base, image_size=cfg.data.image_size,
+      num_classes=cfg.head.num_classes if has_head else None,
+      keep_exports=e.keep_exports, metadata=metadata)
+  print_fn(f"exported TF Serving model to {version_dir}")
+  outputs = {"serving_export": version_dir}
+  if e.hub_export_dir:
+    outputs["hub_export"] = hub.export_hub(
+        model, e.hub_export_dir, image_size=cfg.data.image_size,
+        metadata=metadata)
+    print_fn(f"exported TF Hub module to {outputs['hub_export']}")
+  return outputs
+
+
+def export_from_checkpoint(cfg: configs.ExperimentConfig,
+                           print_fn: Callable[[str], None] = print) -> dict:
+  """`--mode=export`: a tf_simclr checkpoint or an original-code SavedModel.
+
+  A tf_simclr checkpoint is rebuilt from the config.json of the run that wrote
+  it (the architecture is never re-typed); an original-code SavedModel's
+  architecture is inferred from its weights.
+  """
+  path = cfg.train.checkpoint
+  if not path:
+    raise ValueError("--mode=export needs --checkpoint=PATH")
+  if checkpoints.is_saved_model_dir(path):
+    from tf_simclr.export import reference_import
+    model = reference_import.load_reference_saved_model(path)
+    head = model.supervised_head
+    cfg = dataclasses.replace(cfg, head=dataclasses.replace(
+        cfg.head, num_classes=head.num_classes if head is not None else 0))
+    step = 0
+    print_fn(f"loaded original-code SavedModel {path}")
+  else:
+    prefix = checkpoints.resolve_checkpoint_prefix(path)
+    config_path = os.path.join(os.path.dirname(prefix), CONFIG_FILE)
+    if tf.io.gfile.exists(config_path):
+      with tf.io.gfile.GFile(config_path) as f:
+        saved = configs.ExperimentConfig.from_json(f.read())
+      cfg = dataclasses.replace(
+          saved, train=dataclasses.replace(saved.train, mode="export",
+                                           checkpoint=path,
+                                           model_dir=cfg.train.model_dir),
+          export=cfg.export)
+    model = _build_model(cfg, replicas=1)
+    checkpoints.warm_start(model, prefix, print_fn)
+    step = int(prefix.rsplit("-", 1)[-1]) if prefix.rsplit(
+        "-", 1)[-1].isdigit() else 0
+  results = _export(cfg, model, step, {}, print_fn)
+  print_fn(f"final: exported {results}")
+  return results
+
+
 def _train(cfg, strategy, model, optimizer, manager, source, schedule,
-           per_replica_batch, chief, print_fn) -> dict:
+           chief, print_fn, memory) -> dict:
   d, t = cfg.data, cfg.train
   if int(optimizer.iterations.numpy()) >= schedule.total_steps:
     print_fn(f"training already at step {schedule.total_steps}; nothing to do")
@@ -201,8 +301,12 @@ def _train(cfg, strategy, model, optimizer, manager, source, schedule,
             t.train_batch_size),
         image_size=d.image_size,
         color_jitter_strength=d.color_jitter_strength,
-        input_context=context, seed=d.seed, cache=d.cache_dataset)
+        input_context=context, seed=d.seed, cache=d.cache_dataset,
+        # Each input pipeline feeds num_replicas / num_pipelines replicas.
+        start_batch=start_step * context.num_replicas_in_sync //
+        context.num_input_pipelines)
 
+  start_step = int(optimizer.iterations.numpy())
   dataset = strategy.distribute_datasets_from_function(dataset_fn)
   trainer = pretrain.PretrainTrainer(
       strategy, model, optimizer, dataset,
@@ -212,7 +316,10 @@ def _train(cfg, strategy, model, optimizer, manager, source, schedule,
       hidden_norm=cfg.loss.hidden_norm,
       blur_image_size=d.image_size if d.use_blur else None,
       seed=d.seed,
-      jit_compile=t.jit_compile and strategy.num_replicas_in_sync == 1)
+      jit_compile=t.jit_compile and strategy.num_replicas_in_sync == 1,
+      momentum_encoder=memory.get(MOMENTUM_ENCODER),
+      negative_queue=memory.get(NEGATIVE_QUEUE),
+      memory_momentum=cfg.loss.memory_momentum)
   writer = (tf.summary.create_file_writer(os.path.join(t.model_dir, "train"))
             if chief else tf.summary.create_noop_writer())
   settings = loop_lib.LoopSettings(

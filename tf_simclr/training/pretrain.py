@@ -39,6 +39,10 @@ class PretrainTrainer(orbit.StandardTrainer):
       no blur.
     seed: seed for the in-step random blur.
     jit_compile: XLA-compile the per-replica forward and backward pass.
+    momentum_encoder: with `negative_queue`, turns on the memory of negatives:
+      a `memory_bank.MomentumEncoder` producing keys from view 1.
+    negative_queue: a `memory_bank.NegativeQueue` of past keys.
+    memory_momentum: EMA momentum of the momentum encoder.
   """
 
   def __init__(self,
@@ -52,7 +56,15 @@ class PretrainTrainer(orbit.StandardTrainer):
                hidden_norm: bool = True,
                blur_image_size: Optional[int] = None,
                seed: int = 0,
-               jit_compile: bool = False):
+               jit_compile: bool = False,
+               momentum_encoder=None,
+               negative_queue=None,
+               memory_momentum: float = 0.999):
+    if (momentum_encoder is None) != (negative_queue is None):
+      raise ValueError(
+          "momentum_encoder and negative_queue go together, got "
+          f"{type(momentum_encoder).__name__} and "
+          f"{type(negative_queue).__name__}")
     self.strategy = strategy
     self.model = model
     self.optimizer = optimizer
@@ -63,6 +75,9 @@ class PretrainTrainer(orbit.StandardTrainer):
     self.blur_image_size = blur_image_size
     self.seed = seed
     self.jit_compile = jit_compile
+    self.momentum_encoder = momentum_encoder
+    self.negative_queue = negative_queue
+    self.memory_momentum = memory_momentum
     with strategy.scope():
       self.metrics = {
           name: keras.metrics.Mean(name, dtype=tf.float32)
@@ -70,8 +85,11 @@ class PretrainTrainer(orbit.StandardTrainer):
                        CONTRAST_ENTROPY, SUPERVISED_LOSS, SUPERVISED_ACC,
                        WEIGHT_DECAY)
       }
-    self._forward_backward = tf.function(
-        self._loss_and_gradients, jit_compile=jit_compile)
+    # A nested tf.function is only safe (and only useful) when XLA-compiled:
+    # uncompiled, BN's moving-average updates inside it hit merge_call.
+    self._forward_backward = (
+        tf.function(self._loss_and_gradients, jit_compile=True)
+        if jit_compile else self._loss_and_gradients)
     super().__init__(
         train_dataset,
         options=orbit.StandardTrainerOptions(use_tf_while_loop=True))
@@ -90,13 +108,14 @@ class PretrainTrainer(orbit.StandardTrainer):
             augment.random_gaussian_blur_batch(
                 view2, seeds[1], self.blur_image_size))
 
-  def _loss_and_gradients(self, images, labels):
+  def _loss_and_gradients(self, images, labels, extra_negatives=None):
     variables = self.model.trainable_variables
     with tf.GradientTape() as tape:
       outputs = self.model(images, training=True)
       contrast = losses.nt_xent_loss(
           outputs[simclr_model.PROJ_HEAD_OUTPUT],
-          temperature=self.temperature, hidden_norm=self.hidden_norm)
+          temperature=self.temperature, hidden_norm=self.hidden_norm,
+          extra_negatives=extra_negatives)
       total = contrast[losses.LOSS]
       stats = {
           CONTRAST_LOSS: contrast[losses.LOSS],
@@ -131,10 +150,19 @@ class PretrainTrainer(orbit.StandardTrainer):
       if self.blur_image_size:
         view1, view2 = self._blur_views(view1, view2)
       images = tf.concat([view1, view2], 0)
-      gradients, stats = self._forward_backward(images, batch["label"])
+      if self.negative_queue is not None:
+        # Keys and negatives are read before this step changes either.
+        keys = self.momentum_encoder.compute_keys(view1)
+        gradients, stats = self._forward_backward(
+            images, batch["label"], self.negative_queue.negatives())
+      else:
+        gradients, stats = self._forward_backward(images, batch["label"])
       variables = self.model.trainable_variables
       self.optimizer.apply_gradients(
           [(g, v) for g, v in zip(gradients, variables) if g is not None])
+      if self.negative_queue is not None:
+        self.negative_queue.enqueue(keys)
+        self.momentum_encoder.update(self.model, self.memory_momentum)
       for name, value in stats.items():
         self.metrics[name].update_state(value)
 

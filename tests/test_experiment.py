@@ -1,0 +1,238 @@
+"""End-to-end pretraining runs: train/eval/resume, 2 replicas, bad input."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_simclr import configs
+from tf_simclr.training import experiment
+
+from conftest import REPO_ROOT
+
+
+def tiny_config(model_dir, **train_overrides) -> configs.ExperimentConfig:
+  # One replica keeps these runs fast; test_two_replica_run covers two.
+  train = dict(model_dir=str(model_dir), distribution="one_device",
+               train_batch_size=16,
+               eval_batch_size=64, train_steps=4, checkpoint_steps=2,
+               steps_per_loop=2, jit_compile=False)
+  train.update(train_overrides)
+  return configs.ExperimentConfig(
+      model=configs.ModelConfig(resnet_depth=18, width_multiplier=0.125,
+                                stem=configs.STEM_CIFAR),
+      head=configs.HeadConfig(proj_out_dim=16),
+      data=configs.DataConfig(dataset="digits", image_size=16,
+                              color_jitter_strength=0.5, use_blur=True),
+      optimizer=configs.OptimizerConfig(warmup_epochs=0.0),
+      train=configs.TrainConfig(**train))
+
+
+def _weights(model_dir):
+  """Model, momentum-encoder and queue tensors of the latest checkpoint."""
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(model_dir))
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if k.startswith(("model/", "momentum_encoder/", "negative_queue/"))
+          and "OPTIMIZER_SLOT" not in k}
+
+
+def test_train_then_eval_writes_results_config_and_checkpoints(tmp_path):
+  lines = []
+  results = experiment.run_experiment(tiny_config(tmp_path),
+                                      print_fn=lines.append)
+  assert results["global_step"] == 4
+  assert 0.0 <= results["label_top_1_accuracy"] <= 1.0
+  assert results["label_top_5_accuracy"] >= results["label_top_1_accuracy"]
+  saved = json.loads((tmp_path / "result.json").read_text())
+  assert saved["global_step"] == 4
+  assert (tmp_path / "result_4.json").exists()
+  config = configs.ExperimentConfig.from_json(
+      (tmp_path / "config.json").read_text())
+  assert config.head.num_classes == 10  # filled in from the data source
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-4")
+  progress = [l for l in lines if l.startswith("step ")]
+  assert progress and "images/s" in progress[-1] and "ETA" in progress[-1]
+  assert any(l.startswith("final: ") for l in lines)
+  events = list((tmp_path / "train").glob("events.out.tfevents.*"))
+  assert events
+
+
+class _Interrupt(Exception):
+  pass
+
+
+@pytest.mark.parametrize("memory_size", [0, 24])
+def test_resume_continues_at_the_exact_step_and_matches_uninterrupted(
+    tmp_path, memory_size):
+  def config(model_dir):
+    cfg = tiny_config(model_dir, mode="train")
+    return dataclasses.replace(cfg, loss=dataclasses.replace(
+        cfg.loss, memory_size=memory_size, memory_momentum=0.9))
+
+  straight = tmp_path / "straight"
+  experiment.run_experiment(config(straight), print_fn=lambda _: 0)
+
+  def crash_after_step_2(line):
+    if line.startswith("step 2/"):
+      raise _Interrupt()
+
+  split = tmp_path / "split"
+  with pytest.raises(_Interrupt):
+    experiment.run_experiment(config(split), print_fn=crash_after_step_2)
+  assert tf.train.latest_checkpoint(str(split)).endswith("ckpt-2")
+  lines = []
+  experiment.run_experiment(config(split), print_fn=lines.append)
+  assert any("resumed from" in l and "step 2" in l for l in lines)
+  assert tf.train.latest_checkpoint(str(split)).endswith("ckpt-4")
+  a, b = _weights(str(straight)), _weights(str(split))
+  assert a.keys() == b.keys()
+  queue_keys = [k for k in a if k.startswith("negative_queue/")]
+  assert bool(queue_keys) == bool(memory_size)
+  for key in queue_keys:
+    if key.startswith("negative_queue/keys"):
+      # 4 steps x 16 keys wrapped around 24 rows: every row was written.
+      assert a[key].shape == (24, 16) and np.all(
+          np.abs(np.linalg.norm(a[key], axis=1) - 1) < 1e-5)
+  for key in a:
+    np.testing.assert_allclose(a[key], b[key], atol=1e-6, err_msg=key)
+
+
+def test_two_replica_run(tmp_path, two_cpu_strategy):
+  cfg = tiny_config(tmp_path, train_steps=2)
+  cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
+                                                           global_bn=True))
+  results = experiment.run_experiment(cfg, print_fn=lambda _: 0,
+                                      strategy=two_cpu_strategy)
+  assert results["global_step"] == 2
+  assert np.isfinite(results["train_total_loss"])
+
+
+def test_rejects_batch_not_divisible_by_replicas(tmp_path, two_cpu_strategy):
+  with pytest.raises(ValueError, match="divisible by the 2 replicas"):
+    experiment.run_experiment(tiny_config(tmp_path, train_batch_size=15),
+                              strategy=two_cpu_strategy)
+
+
+def test_eval_mode_without_checkpoint_is_an_error(tmp_path):
+  with pytest.raises(ValueError, match="no checkpoint"):
+    experiment.run_experiment(tiny_config(tmp_path, mode="eval"),
+                              print_fn=lambda _: 0)
+
+
+def _run_cli(*args, timeout=240):
+  return subprocess.run(
+      [sys.executable, str(REPO_ROOT / "run.py"), *args],
+      cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset=no_such_dataset_xyz"], "no_such_dataset_xyz"),
+    (["--dataset=image_folder", "--data_dir=/nonexistent/folder"],
+     "/nonexistent/folder"),
+    (["--resnet_depth=19"], "resnet_depth"),
+    (["--fine_tune_after_block=2"], "fine_tune_after_block"),
+])
+def test_cli_bad_input_gives_one_clear_line(tmp_path, args, message):
+  result = _run_cli(f"--model_dir={tmp_path}", *args)
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr
+  error_lines = [l for l in result.stderr.splitlines()
+                 if l.startswith("error: ")]
+  assert len(error_lines) == 1 and message in error_lines[0], result.stderr
+
+
+def test_cli_reports_corrupt_image_by_name(tmp_path):
+  from PIL import Image
+  root = tmp_path / "data"
+  for split in ("train", "test"):
+    for label in ("a", "b"):
+      folder = root / split / label
+      folder.mkdir(parents=True)
+      for i in range(4):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(
+            folder / f"{i}.png")
+  (root / "train" / "a" / "broken.jpg").write_bytes(b"not an image at all")
+  common = [f"--dataset=image_folder", f"--data_dir={root}",
+            "--train_steps=1", "--train_batch_size=4", "--eval_batch_size=4",
+            "--width_multiplier=0.125", "--warmup_epochs=0",
+            "--nojit_compile"]
+  result = _run_cli(f"--model_dir={tmp_path / 'm1'}", *common)
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr
+  assert "broken.jpg" in result.stderr
+  result = _run_cli(f"--model_dir={tmp_path / 'm2'}", *common,
+                    "--skip_corrupt_images")
+  assert result.returncode == 0, result.stderr
+  assert "final:" in result.stdout
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_rerun_ends_at_requested_step(tmp_path):
+  args = [f"--model_dir={tmp_path}", "--train_steps=12",
+          "--checkpoint_steps=2", "--steps_per_loop=1",
+          "--train_batch_size=32", "--width_multiplier=0.125",
+          "--warmup_epochs=0", "--mode=train", "--nojit_compile"]
+  process = subprocess.Popen([sys.executable, str(REPO_ROOT / "run.py"),
+                              *args], cwd=str(REPO_ROOT),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+  deadline = time.time() + 240
+  for line in process.stdout:
+    if line.startswith("step 5/") or time.time() > deadline:
+      break
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  killed_at = tf.train.latest_checkpoint(str(tmp_path))
+  assert killed_at is not None
+  assert int(killed_at.rsplit("-", 1)[1]) < 12
+  result = _run_cli(*args)
+  assert result.returncode == 0, result.stderr
+  assert "resumed from" in result.stdout
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-12")
+  # Every checkpoint left behind is complete and restorable.
+  for prefix in tf.train.get_checkpoint_state(
+      str(tmp_path)).all_model_checkpoint_paths:
+    tf.train.load_checkpoint(prefix)
+
+
+def test_export_at_end_and_from_checkpoint(tmp_path):
+  from tf_simclr.export import serving
+  run_dir = tmp_path / "run"
+  cfg = tiny_config(run_dir, train_steps=2)
+  results = experiment.run_experiment(cfg, print_fn=lambda _: 0)
+  assert results["serving_export"] == str(run_dir / "export" / "2")
+  assert serving.read_metadata(results["serving_export"])["global_step"] == 2
+  # --mode=export rebuilds the architecture from the run's config.json even
+  # when the current flags describe another model.
+  other = dataclasses.replace(
+      tiny_config(tmp_path / "exported", mode="export",
+                  checkpoint=str(run_dir)),
+      model=configs.ModelConfig(resnet_depth=50, width_multiplier=2.0))
+  exported = experiment.run_experiment(other, print_fn=lambda _: 0)
+  assert exported["serving_export"] == str(tmp_path / "exported" / "export" /
+                                           "2")
+  loaded = tf.saved_model.load(exported["serving_export"])
+  images = tf.random.uniform([2, 16, 16, 3], seed=1)
+  out = loaded.signatures["serving_float"](images=images)
+  assert out["probabilities"].shape == (2, 10)
+
+
+def test_export_converts_reference_saved_model(tmp_path, r18_fixture_dir):
+  cfg = tiny_config(tmp_path, mode="export",
+                    checkpoint=str(r18_fixture_dir / "saved_model"))
+  cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
+                                                          image_size=32))
+  exported = experiment.run_experiment(cfg, print_fn=lambda _: 0)
+  io = np.load(r18_fixture_dir / "io.npz")
+  loaded = tf.saved_model.load(exported["serving_export"])
+  out = loaded.signatures["serving_float"](images=tf.constant(io["inputs"]))
+  np.testing.assert_allclose(out["logits"], io["logits_sup"], atol=1e-4)
+  np.testing.assert_allclose(out["embedding"], io["final_avg_pool"],
+                             atol=1e-4)
