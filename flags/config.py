@@ -25,6 +25,28 @@ def _parse_fractions(text: str) -> tuple[float, ...]:
   return values
 
 
+# The paper's fine-tuning recipe (no warm-up, no weight decay, sqrt-scaled
+# learning rate), used for every flag of a supervised stage the user did not
+# set explicitly.
+STAGE_DEFAULTS = {
+    "finetune": {"warmup_epochs": 0.0, "weight_decay": 0.0,
+                 "learning_rate_scaling": "sqrt", "learning_rate": 0.05,
+                 "train_epochs": 30.0},
+    "supervised": {"warmup_epochs": 0.0, "weight_decay": 0.0,
+                   "learning_rate_scaling": "sqrt", "learning_rate": 0.05,
+                   "train_epochs": 30.0},
+    "distill": {"warmup_epochs": 0.0, "weight_decay": 0.0,
+                "learning_rate_scaling": "sqrt", "learning_rate": 0.05,
+                "train_epochs": 30.0},
+}
+
+
+def _apply_stage_defaults(f: Any) -> None:
+  for name, value in STAGE_DEFAULTS.get(f.train_mode, {}).items():
+    if not f[name].present:
+      setattr(f, name, value)
+
+
 def config_from_flags(flag_values: Any) -> configs.ExperimentConfig:
   """Builds the experiment config from parsed flags (`absl.flags.FLAGS`).
 
@@ -38,6 +60,7 @@ def config_from_flags(flag_values: Any) -> configs.ExperimentConfig:
           if f.stem == "auto" else f.stem)
   shortcut = (configs.reference_shortcut(f.sk_ratio)
               if f.shortcut == "auto" else f.shortcut)
+  _apply_stage_defaults(f)
   if f.use_tpu and f.distribution not in ("mirrored", "tpu"):
     raise ValueError(
         f"--use_tpu conflicts with --distribution={f.distribution}")
@@ -108,6 +131,13 @@ def config_from_flags(flag_values: Any) -> configs.ExperimentConfig:
           knn_k=f.knn_k,
           knn_temperature=f.knn_temperature,
           log_every_steps=f.log_every_steps,
+          label_fraction=f.label_fraction,
+          label_subset_file=f.label_subset_file,
+          teacher_checkpoint=f.teacher_checkpoint,
+          unlabelled_split=f.unlabelled_split,
+          distill_temperature=f.distill_temperature,
+          distill_label_weight=f.distill_label_weight,
+          distill_temperature_squared=f.distill_temperature_squared,
           probe_label_fractions=_parse_fractions(f.probe_label_fractions),
           seed=f.seed,
       ),
@@ -180,6 +210,22 @@ def validate(cfg: configs.ExperimentConfig) -> None:
             and t.mode != "eval"),
        "fine_tune_after_block only applies to --train_mode=finetune, got "
        f"{t.fine_tune_after_block} with --train_mode={t.train_mode}")
+  need(0.0 <= t.label_fraction <= 1.0,
+       f"label_fraction must be in [0, 1], got {t.label_fraction}")
+  need(not (t.label_fraction and t.label_subset_file),
+       "--label_fraction and --label_subset_file are exclusive, got "
+       f"{t.label_fraction} and {t.label_subset_file!r}")
+  need(not (t.train_mode == "finetune" and t.mode != "eval"
+            and not t.checkpoint),
+       "--train_mode=finetune needs --checkpoint=PATH (a pretraining run or "
+       "an original-code SavedModel)")
+  need(not (t.train_mode == "distill" and t.mode != "eval"
+            and not t.teacher_checkpoint),
+       "--train_mode=distill needs --teacher_checkpoint=PATH")
+  need(cfg.train.distill_temperature > 0,
+       f"distill_temperature must be > 0, got {t.distill_temperature}")
+  need(0.0 <= t.distill_label_weight <= 1.0,
+       f"distill_label_weight must be in [0, 1], got {t.distill_label_weight}")
   need(not (t.mode == "export" and not t.checkpoint),
        "--mode=export needs --checkpoint=PATH (a tf_simclr checkpoint or an "
        "original-code SavedModel)")

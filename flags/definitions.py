@@ -125,6 +125,30 @@ def define_flags() -> None:
   flags.DEFINE_bool("jit_compile", True,
                     "XLA-compile the per-replica train step (single replica).")
 
+  # Fine-tuning and distillation.
+  flags.DEFINE_float(
+      "label_fraction", 0.0,
+      "Train the finetune/supervised stages (and distillation's labelled "
+      "term) on this deterministic, class-balanced fraction of train_split "
+      "(e.g. 0.01 or 0.1); 0 uses every label.")
+  flags.DEFINE_string("label_subset_file", None,
+                      "File of example ids / file names (one per line) to "
+                      "use as the labelled set instead of --label_fraction.")
+  flags.DEFINE_string(
+      "teacher_checkpoint", None,
+      "--train_mode=distill: a fine-tuned tf_simclr run (its config.json "
+      "gives the teacher's architecture) or an original-code SavedModel.")
+  flags.DEFINE_string("unlabelled_split", None,
+                      "Distillation's unlabelled split (default: train_split, "
+                      "labels ignored).")
+  flags.DEFINE_float("distill_temperature", 1.0,
+                     "Softmax temperature of distillation (paper: 0.1 for "
+                     "self-distillation, 1.0 big-to-small).")
+  flags.DEFINE_float("distill_label_weight", 0.0,
+                     "alpha: loss = (1-alpha)*distill + alpha*labelled CE.")
+  flags.DEFINE_bool("distill_temperature_squared", False,
+                    "Multiply the distillation loss by temperature^2.")
+
   # Export.
   flags.DEFINE_string(
       "export_dir", None,

@@ -236,3 +236,31 @@ def test_export_converts_reference_saved_model(tmp_path, r18_fixture_dir):
   np.testing.assert_allclose(out["logits"], io["logits_sup"], atol=1e-4)
   np.testing.assert_allclose(out["embedding"], io["final_avg_pool"],
                              atol=1e-4)
+
+
+def test_pretrain_finetune_supervised_distill_chain(tmp_path):
+  """Each stage runs from the command-line config on a labelled fraction."""
+  pretrain_dir = tmp_path / "pretrain"
+  experiment.run_experiment(tiny_config(pretrain_dir, train_steps=2),
+                            print_fn=lambda _: 0)
+
+  def stage(name, **overrides):
+    cfg = tiny_config(tmp_path / name, train_mode=name, train_steps=2,
+                      label_fraction=0.1, **overrides)
+    lines = []
+    results = experiment.run_experiment(cfg, print_fn=lines.append)
+    return results, lines
+
+  finetuned, lines = stage("finetune", checkpoint=str(pretrain_dir),
+                           fine_tune_after_block=2)
+  assert any("143 examples" in l or "143" in l for l in lines), lines[:5]
+  assert finetuned["global_step"] == 2
+  assert 0 <= finetuned["label_top_1_accuracy"] <= 1
+  supervised, _ = stage("supervised")
+  assert supervised["global_step"] == 2
+  distilled, _ = stage("distill",
+                       teacher_checkpoint=str(tmp_path / "finetune"),
+                       distill_temperature=0.5)
+  assert "teacher_label_top_1_accuracy" in distilled
+  assert distilled["teacher_label_top_1_accuracy"] == pytest.approx(
+      finetuned["label_top_1_accuracy"])

@@ -121,6 +121,13 @@ class TrainConfig:
   knn_k: int = 200
   knn_temperature: float = 0.1
   log_every_steps: int = 0
+  label_fraction: float = 0.0  # 0: every example of train_split.
+  label_subset_file: Optional[str] = None
+  teacher_checkpoint: Optional[str] = None
+  unlabelled_split: Optional[str] = None  # None: train_split.
+  distill_temperature: float = 1.0
+  distill_label_weight: float = 0.0
+  distill_temperature_squared: bool = False
   probe_label_fractions: tuple[float, ...] = ()
   seed: int = 0
 

@@ -25,7 +25,9 @@ from tf_simclr.models import memory_bank
 from tf_simclr.models import resnet
 from tf_simclr.models import simclr_model
 from tf_simclr.training import checkpoints
+from tf_simclr.training import distill
 from tf_simclr.training import evaluation
+from tf_simclr.training import finetune
 from tf_simclr.training import loop as loop_lib
 from tf_simclr.training import optimizer as optimizer_lib
 from tf_simclr.training import pretrain
@@ -84,12 +86,14 @@ def _write_json(path: str, payload: dict) -> None:
   tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
-def _build_model(cfg: configs.ExperimentConfig, replicas: int,
-                 name: str | None = None) -> keras.Model:
+def _build_model(cfg: configs.ExperimentConfig, replicas: int) -> keras.Model:
   # Synchronised BN across one replica only adds collectives.
   model_cfg = dataclasses.replace(
       cfg.model, global_bn=cfg.model.global_bn and replicas > 1)
-  model = builder.build_model(model_cfg, cfg.head, cfg.train.train_mode)
+  frozen = (cfg.train.fine_tune_after_block
+            if cfg.train.train_mode == "finetune" else -1)
+  model = builder.build_model(model_cfg, cfg.head, cfg.train.train_mode,
+                              frozen_through_block=frozen)
   size = cfg.data.image_size
   model(tf.zeros([1, size, size, 3]), training=False)
   return model
@@ -144,9 +148,6 @@ def run_experiment(cfg: configs.ExperimentConfig,
   t, d = cfg.train, cfg.data
   if t.mode == "export":
     return export_from_checkpoint(cfg, print_fn)
-  if t.train_mode != "pretrain":
-    raise ValueError(
-        f"train_mode {t.train_mode!r} is not available yet; use 'pretrain'")
   keras.utils.set_random_seed(t.seed)
   strategy = strategy or strategy_lib.build_strategy(t.distribution,
                                                      t.tpu_name)
@@ -158,7 +159,10 @@ def run_experiment(cfg: configs.ExperimentConfig,
 
   source = sources.get_source(d.dataset, d.data_dir,
                               skip_corrupt_images=d.skip_corrupt_images)
-  num_train = source.num_examples(d.train_split)
+  train_source = _training_source(cfg, source, print_fn)
+  train_split = (t.unlabelled_split or d.train_split
+                 if t.train_mode == "distill" else d.train_split)
+  num_train = train_source.num_examples(train_split)
   num_eval = source.num_examples(d.eval_split)
   cfg = dataclasses.replace(
       cfg, head=dataclasses.replace(cfg.head, num_classes=source.num_classes))
@@ -167,7 +171,7 @@ def run_experiment(cfg: configs.ExperimentConfig,
   if chief:
     _write_json(os.path.join(t.model_dir, CONFIG_FILE), cfg.to_dict())
   print_fn(
-      f"data: {source.name} train={num_train} ({d.train_split}) "
+      f"data: {source.name} train={num_train} ({train_split}) "
       f"eval={num_eval} ({d.eval_split}) classes={source.num_classes}; "
       f"{replicas} replica(s), global batch {t.train_batch_size}; "
       f"{schedule.total_steps} steps, warm-up {schedule.warmup_steps}, "
@@ -191,6 +195,9 @@ def run_experiment(cfg: configs.ExperimentConfig,
     manager.checkpoint.restore(manager.latest_checkpoint)
     print_fn(f"resumed from {manager.latest_checkpoint} at step "
              f"{int(global_step.numpy())}")
+  elif t.checkpoint and t.train_mode == "finetune":
+    finetune.warm_start_finetune(model, t.checkpoint,
+                                 cfg.head.zero_init_logits_layer, print_fn)
   elif t.checkpoint:
     checkpoints.warm_start(model, t.checkpoint, print_fn)
     if memory:
@@ -199,7 +206,8 @@ def run_experiment(cfg: configs.ExperimentConfig,
   results: dict = {}
   if t.mode in ("train", "train_then_eval"):
     results.update(_train(cfg, strategy, model, optimizer, manager, source,
-                          schedule, chief, print_fn, memory))
+                          train_source, train_split, schedule, chief,
+                          print_fn, memory))
   if t.mode in ("eval", "train_then_eval"):
     if t.mode == "eval" and not manager.latest_checkpoint and not t.checkpoint:
       raise ValueError(
@@ -287,39 +295,97 @@ def export_from_checkpoint(cfg: configs.ExperimentConfig,
   return results
 
 
-def _train(cfg, strategy, model, optimizer, manager, source, schedule,
-           chief, print_fn, memory) -> dict:
+def _training_source(cfg: configs.ExperimentConfig,
+                     source: sources.DataSource, print_fn) -> sources.DataSource:
+  """The labelled subset for supervised stages, else the whole source."""
+  t = cfg.train
+  if t.train_mode == "pretrain" or not (t.label_fraction or
+                                        t.label_subset_file):
+    return source
+  return finetune.labelled_subset_source(
+      source, cfg.data.train_split,
+      label_fraction=t.label_fraction or None,
+      label_subset_file=t.label_subset_file, seed=t.seed, print_fn=print_fn)
+
+
+def _distributed_training_data(cfg, strategy, source, split, start_step,
+                               builder_fn, **kwargs):
+  """A distributed, endless training stream resumed at `start_step`."""
+  d, t = cfg.data, cfg.train
+
+  def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+    return builder_fn(
+        source, split,
+        per_replica_batch_size=context.get_per_replica_batch_size(
+            t.train_batch_size),
+        image_size=d.image_size, input_context=context, seed=d.seed,
+        cache=d.cache_dataset,
+        # Each input pipeline feeds num_replicas / num_pipelines replicas.
+        start_batch=start_step * context.num_replicas_in_sync //
+        context.num_input_pipelines, **kwargs)
+
+  return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def _make_trainer(cfg, strategy, model, optimizer, source, train_source,
+                  train_split, memory, print_fn):
+  d, t, o = cfg.data, cfg.train, cfg.optimizer
+  start_step = int(optimizer.iterations.numpy())
+  jit = t.jit_compile and strategy.num_replicas_in_sync == 1
+  if t.train_mode == "pretrain":
+    dataset = _distributed_training_data(
+        cfg, strategy, source, d.train_split, start_step,
+        pipelines.build_pretrain_dataset,
+        color_jitter_strength=d.color_jitter_strength)
+    return pretrain.PretrainTrainer(
+        strategy, model, optimizer, dataset,
+        optimizer_name=o.optimizer, weight_decay=o.weight_decay,
+        temperature=cfg.loss.temperature, hidden_norm=cfg.loss.hidden_norm,
+        blur_image_size=d.image_size if d.use_blur else None,
+        seed=d.seed, jit_compile=jit,
+        momentum_encoder=memory.get(MOMENTUM_ENCODER),
+        negative_queue=memory.get(NEGATIVE_QUEUE),
+        memory_momentum=cfg.loss.memory_momentum)
+  if t.train_mode in ("finetune", "supervised"):
+    dataset = _distributed_training_data(
+        cfg, strategy, train_source, d.train_split, start_step,
+        pipelines.build_finetune_dataset)
+    return finetune.FinetuneTrainer(
+        strategy, model, optimizer, dataset, optimizer_name=o.optimizer,
+        weight_decay=o.weight_decay, jit_compile=jit)
+  # Distillation: the teacher labels the unlabelled split; the optional
+  # labelled term uses the labelled subset.
+  teacher = distill.load_teacher(t.teacher_checkpoint, strategy, print_fn)
+  unlabelled = _distributed_training_data(
+      cfg, strategy, source, train_split, start_step,
+      pipelines.build_finetune_dataset)
+  if t.distill_label_weight > 0:
+    labelled_source = _training_source(
+        dataclasses.replace(cfg, train=dataclasses.replace(
+            t, train_mode="finetune")), source, print_fn)
+    dataset = {"unlabelled": unlabelled,
+               "labelled": _distributed_training_data(
+                   cfg, strategy, labelled_source, d.train_split, start_step,
+                   pipelines.build_finetune_dataset)}
+  else:
+    dataset = unlabelled
+  trainer = distill.DistillTrainer(
+      strategy, teacher, model, optimizer, dataset,
+      num_classes=cfg.head.num_classes, optimizer_name=o.optimizer,
+      weight_decay=o.weight_decay, temperature=t.distill_temperature,
+      scale_by_temperature_squared=t.distill_temperature_squared,
+      distill_label_weight=t.distill_label_weight, jit_compile=jit)
+  return trainer
+
+
+def _train(cfg, strategy, model, optimizer, manager, source, train_source,
+           train_split, schedule, chief, print_fn, memory) -> dict:
   d, t = cfg.data, cfg.train
   if int(optimizer.iterations.numpy()) >= schedule.total_steps:
     print_fn(f"training already at step {schedule.total_steps}; nothing to do")
     return {}
-
-  def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-    return pipelines.build_pretrain_dataset(
-        source, d.train_split,
-        per_replica_batch_size=context.get_per_replica_batch_size(
-            t.train_batch_size),
-        image_size=d.image_size,
-        color_jitter_strength=d.color_jitter_strength,
-        input_context=context, seed=d.seed, cache=d.cache_dataset,
-        # Each input pipeline feeds num_replicas / num_pipelines replicas.
-        start_batch=start_step * context.num_replicas_in_sync //
-        context.num_input_pipelines)
-
-  start_step = int(optimizer.iterations.numpy())
-  dataset = strategy.distribute_datasets_from_function(dataset_fn)
-  trainer = pretrain.PretrainTrainer(
-      strategy, model, optimizer, dataset,
-      optimizer_name=cfg.optimizer.optimizer,
-      weight_decay=cfg.optimizer.weight_decay,
-      temperature=cfg.loss.temperature,
-      hidden_norm=cfg.loss.hidden_norm,
-      blur_image_size=d.image_size if d.use_blur else None,
-      seed=d.seed,
-      jit_compile=t.jit_compile and strategy.num_replicas_in_sync == 1,
-      momentum_encoder=memory.get(MOMENTUM_ENCODER),
-      negative_queue=memory.get(NEGATIVE_QUEUE),
-      memory_momentum=cfg.loss.memory_momentum)
+  trainer = _make_trainer(cfg, strategy, model, optimizer, source,
+                          train_source, train_split, memory, print_fn)
   writer = (tf.summary.create_file_writer(os.path.join(t.model_dir, "train"))
             if chief else tf.summary.create_noop_writer())
   settings = loop_lib.LoopSettings(
@@ -332,7 +398,8 @@ def _train(cfg, strategy, model, optimizer, manager, source, schedule,
       is_chief=chief)
   train_loop = loop_lib.TrainLoop(
       trainer, optimizer.iterations, manager, writer, settings,
-      extra_summaries=_view_grid_summary(source, cfg) if chief else None,
+      extra_summaries=(_view_grid_summary(source, cfg)
+                       if chief and t.train_mode == "pretrain" else None),
       print_fn=print_fn)
   start = time.time()
   metrics = train_loop.run()
@@ -354,6 +421,12 @@ def _evaluate(cfg, strategy, model, source) -> dict:
             image_size=d.image_size, input_context=ctx))
     results.update(evaluation.evaluate_classifier(
         strategy, model, dataset, simclr_model.LOGITS_SUP, eval_batches))
+    if t.train_mode == "distill" and t.teacher_checkpoint:
+      teacher = distill.load_teacher(t.teacher_checkpoint, strategy,
+                                     print_fn=lambda _: None)
+      teacher_results = evaluation.evaluate_classifier(
+          strategy, teacher, dataset, simclr_model.LOGITS_SUP, eval_batches)
+      results.update({f"teacher_{k}": v for k, v in teacher_results.items()})
 
   if t.knn_eval or t.probe_label_fractions:
     def features(split, encoder):

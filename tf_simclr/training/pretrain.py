@@ -11,6 +11,7 @@ import tf_keras as keras
 from tf_simclr import losses
 from tf_simclr.data import augment
 from tf_simclr.models import simclr_model
+from tf_simclr.training import common
 from tf_simclr.training import optimizer as optimizer_lib
 
 TOTAL_LOSS = "total_loss"
@@ -78,18 +79,11 @@ class PretrainTrainer(orbit.StandardTrainer):
     self.momentum_encoder = momentum_encoder
     self.negative_queue = negative_queue
     self.memory_momentum = memory_momentum
-    with strategy.scope():
-      self.metrics = {
-          name: keras.metrics.Mean(name, dtype=tf.float32)
-          for name in (TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC,
-                       CONTRAST_ENTROPY, SUPERVISED_LOSS, SUPERVISED_ACC,
-                       WEIGHT_DECAY)
-      }
-    # A nested tf.function is only safe (and only useful) when XLA-compiled:
-    # uncompiled, BN's moving-average updates inside it hit merge_call.
-    self._forward_backward = (
-        tf.function(self._loss_and_gradients, jit_compile=True)
-        if jit_compile else self._loss_and_gradients)
+    self.metrics = common.make_mean_metrics(
+        strategy, (TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC, CONTRAST_ENTROPY,
+                   SUPERVISED_LOSS, SUPERVISED_ACC, WEIGHT_DECAY))
+    self._forward_backward = common.maybe_xla(self._loss_and_gradients,
+                                              jit_compile)
     super().__init__(
         train_dataset,
         options=orbit.StandardTrainerOptions(use_tf_while_loop=True))
@@ -141,8 +135,7 @@ class PretrainTrainer(orbit.StandardTrainer):
     return gradients, stats
 
   def train_loop_begin(self):
-    for metric in self.metrics.values():
-      metric.reset_states()
+    common.reset_metrics(self.metrics)
 
   def train_step(self, iterator):
     def replica_step(batch):
@@ -157,24 +150,18 @@ class PretrainTrainer(orbit.StandardTrainer):
             images, batch["label"], self.negative_queue.negatives())
       else:
         gradients, stats = self._forward_backward(images, batch["label"])
-      variables = self.model.trainable_variables
-      self.optimizer.apply_gradients(
-          [(g, v) for g, v in zip(gradients, variables) if g is not None])
+      common.apply_gradients(self.optimizer, gradients,
+                             self.model.trainable_variables)
       if self.negative_queue is not None:
         self.negative_queue.enqueue(keys)
         self.momentum_encoder.update(self.model, self.memory_momentum)
-      for name, value in stats.items():
-        self.metrics[name].update_state(value)
+      common.update_metrics(self.metrics, stats)
 
     self.strategy.run(replica_step, args=(next(iterator),))
 
   def train_loop_end(self):
-    results = {name: metric.result() for name, metric in self.metrics.items()
-               if name in (TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC,
-                           CONTRAST_ENTROPY, WEIGHT_DECAY)
-               or self.metrics[name].count > 0}
-    learning_rate = self.optimizer.learning_rate
-    if callable(learning_rate):
-      learning_rate = learning_rate(self.optimizer.iterations)
-    results[LEARNING_RATE] = learning_rate
+    results = common.metric_results(
+        self.metrics, (TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC,
+                       CONTRAST_ENTROPY, WEIGHT_DECAY))
+    results[LEARNING_RATE] = common.learning_rate_value(self.optimizer)
     return results
