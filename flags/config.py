@@ -95,6 +95,7 @@ def config_from_flags(flag_values: Any) -> configs.ExperimentConfig:
           eval_split=f.eval_split,
           image_size=f.image_size,
           color_jitter_strength=f.color_jitter_strength,
+          min_crop_area=f.min_crop_area,
           use_blur=f.use_blur,
           cache_dataset=f.cache_dataset,
           skip_corrupt_images=f.skip_corrupt_images,
@@ -175,6 +176,8 @@ def validate(cfg: configs.ExperimentConfig) -> None:
   need(0.0 <= d.color_jitter_strength <= 1.25,
        "color_jitter_strength must be in [0, 1.25], got "
        f"{d.color_jitter_strength}")
+  need(0.0 < d.min_crop_area <= 1.0,
+       f"min_crop_area must be in (0, 1], got {d.min_crop_area}")
   need(cfg.loss.temperature > 0,
        f"temperature must be > 0, got {cfg.loss.temperature}")
   need(cfg.loss.memory_size >= 0,

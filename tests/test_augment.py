@@ -616,3 +616,16 @@ def test_invalid_arguments_raise_value_error():
     augment.center_crop_resize(image, 4, crop_proportion=0.0)
   with pytest.raises(ValueError, match="channels"):
     augment.ensure_rgb(tf.zeros([4, 4, 2]))
+
+
+def test_min_crop_area_bounds_the_pretrain_crop():
+  areas = []
+  for i in range(200):
+    y, x, h, w = augment.sample_crop_window(
+        tf.constant([40, 40, 3]), tf.constant([3, i], tf.int64),
+        area_range=(0.4, 1.0)).numpy()
+    areas.append(h * w / 1600)
+  # Integer rounding of height and width may shave a little off the bound.
+  assert min(areas) >= 0.37 and np.mean(areas) > 0.6
+  with pytest.raises(ValueError, match="min_crop_area"):
+    augment.build_pretrain_augment(16, 0.5, min_crop_area=0.0)

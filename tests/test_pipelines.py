@@ -72,8 +72,8 @@ def test_pretrain_is_reproducible_per_seed(digits):
 
 
 def test_each_example_gets_its_position_seed(digits, monkeypatch):
-  def seed_recorder(image_size, color_jitter_strength):
-    del image_size, color_jitter_strength
+  def seed_recorder(image_size, color_jitter_strength, min_crop_area):
+    del image_size, color_jitter_strength, min_crop_area
     return lambda example, seed: {"seed": seed, "label": example["label"]}
 
   monkeypatch.setattr(pipelines.augment, "build_pretrain_augment",

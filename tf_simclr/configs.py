@@ -78,6 +78,7 @@ class DataConfig:
   eval_split: str = "test"
   image_size: int = 32
   color_jitter_strength: float = 1.0
+  min_crop_area: float = 0.08
   use_blur: bool = True
   cache_dataset: bool = False
   skip_corrupt_images: bool = False

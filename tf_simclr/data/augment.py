@@ -517,7 +517,8 @@ def _prepare(image: tf.Tensor) -> tf.Tensor:
 
 
 def preprocess_for_pretrain_view(image: tf.Tensor, seed: Any, image_size: int,
-                                 color_jitter_strength: float) -> tf.Tensor:
+                                 color_jitter_strength: float,
+                                 min_crop_area: float = 0.08) -> tf.Tensor:
   """One SimCLR view: crop+resize, flip, colour distortion, clip (no blur).
 
   Args:
@@ -525,13 +526,16 @@ def preprocess_for_pretrain_view(image: tf.Tensor, seed: Any, image_size: int,
     seed: stateless seed [2].
     image_size: output side S.
     color_jitter_strength: s in [0, 1.25]; 0 disables colour distortion.
+    min_crop_area: lower end of the crop's area range (the reference's 0.08;
+      tiny source images such as 8x8 digits keep their content with more).
   Returns:
     float32 [S, S, 3] in [0, 1].
   """
   image_size = _check_positive_int("image_size", image_size)
   strength = _check_strength(color_jitter_strength)
   crop_seed, flip_seed, color_seed = tf.unstack(split_seed(seed, 3))
-  image = random_crop_resize(_prepare(image), crop_seed, image_size)
+  image = random_crop_resize(_prepare(image), crop_seed, image_size,
+                             area_range=(min_crop_area, 1.0))
   image = random_flip(image, flip_seed)
   if strength > 0:
     image = random_color_distortion(image, color_seed, strength)
@@ -587,7 +591,7 @@ def preprocess_for_eval(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
 
 def build_pretrain_augment(
-    image_size: int, color_jitter_strength: float
+    image_size: int, color_jitter_strength: float, min_crop_area: float = 0.08
 ) -> Callable[[Dict[str, tf.Tensor], tf.Tensor], Dict[str, tf.Tensor]]:
   """Returns fn(example, seed) -> {"view1", "view2", "label"}.
 
@@ -597,9 +601,12 @@ def build_pretrain_augment(
   Args:
     image_size: output side S of each view.
     color_jitter_strength: s in [0, 1.25].
+    min_crop_area: lower end of the random crop's area range, in (0, 1].
   """
   _check_positive_int("image_size", image_size)
   strength = _check_strength(color_jitter_strength)
+  if not 0.0 < min_crop_area <= 1.0:
+    raise ValueError(f"min_crop_area must be in (0, 1], got {min_crop_area}")
 
   def augment(example: Dict[str, tf.Tensor], seed: tf.Tensor
               ) -> Dict[str, tf.Tensor]:
@@ -607,9 +614,9 @@ def build_pretrain_augment(
     image = example["image"]
     return {
         "view1": preprocess_for_pretrain_view(image, seed1, image_size,
-                                              strength),
+                                              strength, min_crop_area),
         "view2": preprocess_for_pretrain_view(image, seed2, image_size,
-                                              strength),
+                                              strength, min_crop_area),
         "label": example["label"],
     }
 

@@ -146,6 +146,7 @@ def build_pretrain_dataset(
     per_replica_batch_size: int,
     image_size: int,
     color_jitter_strength: float,
+    min_crop_area: float = 0.08,
     input_context: Optional[tf.distribute.InputContext] = None,
     seed: int = 0,
     cache: bool = False,
@@ -160,6 +161,7 @@ def build_pretrain_dataset(
     per_replica_batch_size: examples per batch (every batch is full).
     image_size: side length of the square views.
     color_jitter_strength: colour distortion strength s (SPEC §5.1).
+    min_crop_area: lower end of the random crop's area range.
     input_context: reads only this input pipeline's shard when given.
     seed: seeds the file order, the shuffle buffer and the augmentations.
     cache: cache the decoded raw examples in memory after the first pass.
@@ -175,7 +177,8 @@ def build_pretrain_dataset(
   """
   _check_positive_int("image_size", image_size)
   augment_fn = augment.build_pretrain_augment(image_size,
-                                              color_jitter_strength)
+                                              color_jitter_strength,
+                                              min_crop_area)
   return _build_training_dataset(
       source, split, augment_fn,
       per_replica_batch_size=per_replica_batch_size, image_size=image_size,

@@ -121,7 +121,7 @@ def _view_grid_summary(source, cfg: configs.ExperimentConfig
       source, cfg.data.train_split, per_replica_batch_size=8,
       image_size=cfg.data.image_size,
       color_jitter_strength=cfg.data.color_jitter_strength,
-      seed=cfg.data.seed + 1)
+      min_crop_area=cfg.data.min_crop_area, seed=cfg.data.seed + 1)
   iterator = iter(preview)
   state = {"calls": 0}
 
@@ -336,7 +336,8 @@ def _make_trainer(cfg, strategy, model, optimizer, source, train_source,
     dataset = _distributed_training_data(
         cfg, strategy, source, d.train_split, start_step,
         pipelines.build_pretrain_dataset,
-        color_jitter_strength=d.color_jitter_strength)
+        color_jitter_strength=d.color_jitter_strength,
+        min_crop_area=d.min_crop_area)
     return pretrain.PretrainTrainer(
         strategy, model, optimizer, dataset,
         optimizer_name=o.optimizer, weight_decay=o.weight_decay,
