@@ -127,8 +127,11 @@ def define_flags() -> None:
                     "tf.distribute strategy (multi_worker reads TF_CONFIG).")
   flags.DEFINE_bool("use_tpu", False, "Shorthand for --distribution=tpu.")
   flags.DEFINE_string("tpu_name", None, "TPU name or address.")
-  flags.DEFINE_bool("jit_compile", True,
-                    "XLA-compile the per-replica train step (single replica).")
+  flags.DEFINE_bool(
+      "jit_compile", False,
+      "XLA-compile the per-replica train step (single replica). Off by "
+      "default: on CPU, XLA's convolutions are slower than the default "
+      "kernels (bench/RESULTS.md: 0.60x images/s for R18 pretraining).")
 
   # Fine-tuning and distillation.
   flags.DEFINE_float(
