@@ -104,10 +104,12 @@ def test_resume_continues_at_the_exact_step_and_matches_uninterrupted(
     np.testing.assert_allclose(a[key], b[key], atol=1e-6, err_msg=key)
 
 
-def test_two_replica_run(tmp_path, two_cpu_strategy):
+@pytest.mark.parametrize("memory_size", [0, 24])
+def test_two_replica_run(tmp_path, two_cpu_strategy, memory_size):
   cfg = tiny_config(tmp_path, train_steps=2)
-  cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
-                                                           global_bn=True))
+  cfg = dataclasses.replace(
+      cfg, model=dataclasses.replace(cfg.model, global_bn=True),
+      loss=dataclasses.replace(cfg.loss, memory_size=memory_size))
   results = experiment.run_experiment(cfg, print_fn=lambda _: 0,
                                       strategy=two_cpu_strategy)
   assert results["global_step"] == 2
