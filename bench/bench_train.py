@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="global batch (source images per step)")
   p.add_argument("--use_blur", type=_on_off, default=False)
   p.add_argument("--color_jitter_strength", type=float, default=0.5)
-  p.add_argument("--jit_compile", type=_on_off, default=True,
+  p.add_argument("--jit_compile", type=_on_off, default=False,
                  help="XLA forward/backward (single replica only, as run.py)")
   p.add_argument("--memory_size", type=_non_negative_int, default=0)
   p.add_argument("--memory_momentum", type=float, default=0.999)
@@ -330,7 +330,6 @@ def _build_trainer(args, strategy, source, stage: str, result: dict):
   from tf_simclr.data import pipelines
   from tf_simclr.training import experiment
   from tf_simclr.training import finetune
-  from tf_simclr.training import optimizer as optimizer_lib
   from tf_simclr.training import pretrain
 
   replicas = strategy.num_replicas_in_sync
@@ -341,14 +340,9 @@ def _build_trainer(args, strategy, source, stage: str, result: dict):
   d, t, o = cfg.data, cfg.train, cfg.optimizer
 
   with strategy.scope():
-    model = experiment._build_model(cfg, replicas)  # pylint: disable=protected-access
-    learning_rate = optimizer_lib.build_learning_rate_schedule(
-        o.learning_rate, o.learning_rate_scaling, t.train_batch_size,
-        schedule.warmup_steps, schedule.total_steps)
-    optimizer = optimizer_lib.build_optimizer(
-        o.optimizer, learning_rate, momentum=o.momentum,
-        weight_decay=o.weight_decay, eeta=o.lars_eeta)
-    memory = (experiment._build_memory_bank(cfg, model, replicas)  # pylint: disable=protected-access
+    model = experiment.build_model(cfg, replicas)
+    optimizer = experiment.build_optimizer(cfg, schedule)
+    memory = (experiment.build_memory_bank(cfg, model, replicas)
               if stage == "pretrain" else {})
   if args.fused_bn:
     result["fused_bn_layers"] = _use_fused_batch_norm(model)

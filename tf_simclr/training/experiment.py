@@ -86,7 +86,8 @@ def _write_json(path: str, payload: dict) -> None:
   tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
-def _build_model(cfg: configs.ExperimentConfig, replicas: int) -> keras.Model:
+def build_model(cfg: configs.ExperimentConfig, replicas: int) -> keras.Model:
+  """The stage's SimCLRModel, built (variables created) at the config's size."""
   # Synchronised BN across one replica only adds collectives.
   model_cfg = dataclasses.replace(
       cfg.model, global_bn=cfg.model.global_bn and replicas > 1)
@@ -99,7 +100,19 @@ def _build_model(cfg: configs.ExperimentConfig, replicas: int) -> keras.Model:
   return model
 
 
-def _build_memory_bank(cfg: configs.ExperimentConfig, model: keras.Model,
+def build_optimizer(cfg: configs.ExperimentConfig, schedule: Schedule
+                    ) -> keras.optimizers.legacy.Optimizer:
+  """The configured optimizer on the warm-up + cosine schedule."""
+  o = cfg.optimizer
+  learning_rate = optimizer_lib.build_learning_rate_schedule(
+      o.learning_rate, o.learning_rate_scaling, cfg.train.train_batch_size,
+      schedule.warmup_steps, schedule.total_steps)
+  return optimizer_lib.build_optimizer(
+      o.optimizer, learning_rate, momentum=o.momentum,
+      weight_decay=o.weight_decay, eeta=o.lars_eeta)
+
+
+def build_memory_bank(cfg: configs.ExperimentConfig, model: keras.Model,
                        replicas: int) -> dict:
   """Momentum encoder + queue when memory_size > 0 (checkpointed objects)."""
   if not cfg.loss.memory_size:
@@ -107,7 +120,7 @@ def _build_memory_bank(cfg: configs.ExperimentConfig, model: keras.Model,
   twin_cfg = dataclasses.replace(
       cfg, head=dataclasses.replace(cfg.head,
                                     lineareval_while_pretraining=False))
-  encoder = memory_bank.MomentumEncoder(_build_model(twin_cfg, replicas))
+  encoder = memory_bank.MomentumEncoder(build_model(twin_cfg, replicas))
   encoder.initialize_from(model)
   queue = memory_bank.NegativeQueue(cfg.loss.memory_size,
                                     cfg.head.proj_out_dim)
@@ -178,16 +191,10 @@ def run_experiment(cfg: configs.ExperimentConfig,
       f"checkpoint every {schedule.checkpoint_steps}")
 
   with strategy.scope():
-    model = _build_model(cfg, replicas)
-    o = cfg.optimizer
-    learning_rate = optimizer_lib.build_learning_rate_schedule(
-        o.learning_rate, o.learning_rate_scaling, t.train_batch_size,
-        schedule.warmup_steps, schedule.total_steps)
-    optimizer = optimizer_lib.build_optimizer(
-        o.optimizer, learning_rate, momentum=o.momentum,
-        weight_decay=o.weight_decay, eeta=o.lars_eeta)
+    model = build_model(cfg, replicas)
+    optimizer = build_optimizer(cfg, schedule)
     global_step = optimizer.iterations
-    memory = _build_memory_bank(cfg, model, replicas)
+    memory = build_memory_bank(cfg, model, replicas)
   manager = checkpoints.make_checkpoint_manager(
       model, optimizer, t.model_dir, t.keep_checkpoint_max, extra=memory)
 
@@ -286,7 +293,7 @@ def export_from_checkpoint(cfg: configs.ExperimentConfig,
                                            checkpoint=path,
                                            model_dir=cfg.train.model_dir),
           export=cfg.export)
-    model = _build_model(cfg, replicas=1)
+    model = build_model(cfg, replicas=1)
     checkpoints.warm_start(model, prefix, print_fn)
     step = int(prefix.rsplit("-", 1)[-1]) if prefix.rsplit(
         "-", 1)[-1].isdigit() else 0
@@ -444,7 +451,7 @@ def _evaluate(cfg, strategy, model, source) -> dict:
           temperature=t.knn_temperature)
     if t.probe_label_fractions:
       with strategy.scope():
-        random_model = _build_model(cfg, strategy.num_replicas_in_sync)
+        random_model = build_model(cfg, strategy.num_replicas_in_sync)
       random_train_x, _ = features(d.train_split, random_model)
       random_test_x, _ = features(d.eval_split, random_model)
       for fraction in t.probe_label_fractions:
