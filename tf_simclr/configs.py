@@ -108,7 +108,7 @@ class TrainConfig:
   train_steps: int = 0
   eval_batch_size: int = 256
   eval_steps: int = 0
-  steps_per_loop: int = 0  # 0: one checkpoint period.
+  steps_per_loop: int = 0  # 0: min(checkpoint period, 50).
   checkpoint_epochs: float = 1.0
   checkpoint_steps: int = 0
   keep_checkpoint_max: int = 5
