@@ -49,10 +49,26 @@ def test_defaults_resolve_reference_coupling(parse):
     (["--use_tpu", "--distribution=multi_worker"], "--use_tpu conflicts"),
     (["--probe_label_fractions=0.1,abc"], "probe_label_fractions"),
     (["--probe_label_fractions=0"], "probe_label_fractions"),
+    (["--train_mode=finetune"], "finetune needs --checkpoint"),
+    (["--train_mode=distill"], "needs --teacher_checkpoint"),
+    (["--mode=export"], "export needs --checkpoint"),
+    (["--label_fraction=0.1", "--label_subset_file=ids.txt"], "exclusive"),
+    (["--memory_size=16", "--nohidden_norm"], "needs --hidden_norm"),
+    (["--min_crop_area=0"], "min_crop_area"),
 ])
 def test_invalid_flags_raise_value_error_naming_the_flag(parse, args, message):
   with pytest.raises(ValueError, match=message):
     parse(*args)
+
+
+def test_finetune_uses_the_papers_recipe_unless_flags_are_given(parse):
+  cfg = parse("--train_mode=finetune", "--checkpoint=/tmp/x")
+  assert (cfg.optimizer.warmup_epochs, cfg.optimizer.weight_decay,
+          cfg.optimizer.learning_rate_scaling) == (0.0, 0.0, "sqrt")
+  cfg = parse("--train_mode=finetune", "--checkpoint=/tmp/x",
+              "--weight_decay=1e-5")
+  assert cfg.optimizer.weight_decay == 1e-5
+  assert parse().optimizer.warmup_epochs == 2.0  # pretraining keeps its own
 
 
 def test_config_json_round_trip(parse):
