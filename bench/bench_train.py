@@ -108,10 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                  "pipeline out of the step time")
   p.add_argument("--distribution", choices=("mirrored", "one_device"),
                  default="mirrored")
-  p.add_argument("--fused_bn", type=_on_off, default=False,
-                 help="benchmark only: switch the 4-D (convolution) batch "
-                 "norms to the fused kernel; not numerically identical to "
-                 "the reference (moving variance is Bessel-corrected)")
+  p.add_argument("--fused_bn", type=_on_off, default=True,
+                 help="training-mode 4-D batch norms through the fused kernel "
+                 "(the library default; same maths). off: the unfused Keras "
+                 "graph, as the original code runs it")
   p.add_argument("--intra_op_threads", type=_non_negative_int, default=0,
                  help="0 = TensorFlow default")
   p.add_argument("--inter_op_threads", type=_non_negative_int, default=0,
@@ -279,17 +279,13 @@ def _experiment_config(args, train_mode: str, num_classes: int):
           fine_tune_after_block=args.fine_tune_after_block, seed=args.seed))
 
 
-def _use_fused_batch_norm(model) -> int:
-  """Switches built rank-4 BN layers to the fused kernel; returns how many."""
-  import tf_keras as keras
+def _set_fused_batch_norm(model, fused: bool) -> int:
+  """Sets `fused_training` on every tf_simclr batch norm; returns how many."""
+  from tf_simclr.models import layers
   count = 0
   for layer in model.submodules:
-    if (isinstance(layer, keras.layers.BatchNormalization)
-        and not getattr(layer, "synchronized", False)
-        and layer.input_spec is not None and layer.input_spec.ndim == 4):
-      layer.fused = True
-      # build() only sets the layout when it chose the fused kernel itself.
-      layer._data_format = "NHWC"  # pylint: disable=protected-access
+    if isinstance(layer, layers.BatchNormalization):
+      layer.fused_training = fused
       count += 1
   return count
 
@@ -344,10 +340,10 @@ def _build_trainer(args, strategy, source, stage: str, result: dict):
     optimizer = experiment.build_optimizer(cfg, schedule)
     memory = (experiment.build_memory_bank(cfg, model, replicas)
               if stage == "pretrain" else {})
-  if args.fused_bn:
-    result["fused_bn_layers"] = _use_fused_batch_norm(model)
-    if memory:
-      _use_fused_batch_norm(memory[experiment.MOMENTUM_ENCODER].model)
+  result["batch_norm_layers"] = _set_fused_batch_norm(model, args.fused_bn)
+  if memory:
+    _set_fused_batch_norm(memory[experiment.MOMENTUM_ENCODER].model,
+                          args.fused_bn)
   result["model_params"] = int(sum(
       v.shape.num_elements() for v in model.trainable_variables))
   result["model_variable_bytes"] = _variable_bytes(model.variables)
