@@ -16,6 +16,7 @@ from absl import logging  # noqa: E402
 
 import flags as tf_simclr_flags  # noqa: E402
 from tf_simclr.errors import NonFiniteLossError  # noqa: E402
+from tf_simclr.errors import PreemptedError  # noqa: E402
 
 tf_simclr_flags.define_flags()
 FLAGS = absl_flags.FLAGS
@@ -34,6 +35,9 @@ def main(argv):
   except (ValueError, FileNotFoundError, NonFiniteLossError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except PreemptedError as e:
+    print(f"preempted: {e}", file=sys.stderr)
+    sys.exit(143)  # 128 + SIGTERM, as if the signal had ended the process.
   except Exception as e:  # pylint: disable=broad-except
     # TensorFlow runtime errors (an unreadable file, an exhausted resource)
     # are user-facing here: one line, no traceback.

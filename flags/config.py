@@ -128,6 +128,7 @@ def config_from_flags(flag_values: Any) -> configs.ExperimentConfig:
           use_tpu=f.use_tpu,
           tpu_name=f.tpu_name,
           jit_compile=f.jit_compile,
+          precision=f.precision,
           knn_eval=f.knn_eval,
           knn_k=f.knn_k,
           knn_temperature=f.knn_temperature,

@@ -133,6 +133,12 @@ def define_flags() -> None:
       "default: on CPU, XLA's convolutions are slower than the default "
       "kernels (bench/RESULTS.md: 0.60x images/s for R18 pretraining).")
 
+  flags.DEFINE_enum(
+      "precision", "float32", ("float32", "mixed_bfloat16", "mixed_float16"),
+      "Training precision. The mixed policies compute in 16 bits and keep "
+      "variables, losses, softmax and batch-norm statistics in float32; "
+      "mixed_float16 adds dynamic loss scaling.")
+
   # Fine-tuning and distillation.
   flags.DEFINE_float(
       "label_fraction", 0.0,

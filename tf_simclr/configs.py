@@ -118,6 +118,7 @@ class TrainConfig:
   use_tpu: bool = False
   tpu_name: Optional[str] = None
   jit_compile: bool = False
+  precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16.
   knn_eval: bool = False
   knn_k: int = 200
   knn_temperature: float = 0.1

@@ -3,3 +3,7 @@
 
 class NonFiniteLossError(RuntimeError):
   """Training produced NaN or Inf; the last good checkpoint is kept."""
+
+
+class PreemptedError(RuntimeError):
+  """SIGTERM arrived; a checkpoint of the current step was saved first."""

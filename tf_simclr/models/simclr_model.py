@@ -22,6 +22,8 @@ PROJ_HEAD_INPUT = "proj_head_input"
 PROJ_HEAD_OUTPUT = heads.PROJ_HEAD_OUTPUT
 LOGITS_SUP = "logits_sup"
 _PACKAGE = "tf_simclr"
+_FLOAT32_OUTPUTS = (resnet.FINAL_AVG_POOL, PROJ_HEAD_INPUT, PROJ_HEAD_OUTPUT,
+                    LOGITS_SUP)
 
 
 def _serialize_component(layer: keras.layers.Layer) -> dict[str, Any]:
@@ -98,6 +100,12 @@ class SimCLRModel(keras.Model):
       if self.linear_eval:
         head_input = tf.stop_gradient(head_input)
       outputs[LOGITS_SUP] = self.supervised_head(head_input)
+    # Under a mixed-precision policy the small outputs that losses, metrics,
+    # features and exports read leave in float32; the large block-group
+    # activations keep the compute dtype.
+    for key in _FLOAT32_OUTPUTS:
+      if key in outputs and outputs[key].dtype != tf.float32:
+        outputs[key] = tf.cast(outputs[key], tf.float32)
     return outputs
 
   def get_config(self) -> dict[str, Any]:

@@ -47,12 +47,23 @@ def maybe_xla(fn: Callable, jit_compile: bool) -> Callable:
   return tf.function(fn, jit_compile=True) if jit_compile else fn
 
 
+GRADIENT_NORM = "gradient_norm"
+
+
 def apply_gradients(optimizer: keras.optimizers.legacy.Optimizer,
                     gradients: Sequence[Optional[tf.Tensor]],
-                    variables: Sequence[tf.Variable]) -> None:
-  """Applies gradients, skipping variables the loss does not reach."""
-  optimizer.apply_gradients(
-      [(g, v) for g, v in zip(gradients, variables) if g is not None])
+                    variables: Sequence[tf.Variable]) -> tf.Tensor:
+  """Applies gradients, skipping variables the loss does not reach.
+
+  Returns:
+    The global norm of this replica's gradients. It is the finiteness check
+    that matters: a NaN can reach the weights while the loss stays finite
+    (ReLU maps NaN to 0, so a poisoned network can output constants).
+  """
+  pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+  norm = tf.linalg.global_norm([g for g, _ in pairs])
+  optimizer.apply_gradients(pairs)
+  return norm
 
 
 def learning_rate_value(optimizer: keras.optimizers.legacy.Optimizer

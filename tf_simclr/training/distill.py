@@ -33,6 +33,7 @@ from tf_simclr.models import simclr_model
 from tf_simclr.training import checkpoints
 from tf_simclr.training import common
 from tf_simclr.training import optimizer as optimizer_lib
+from tf_simclr.training import precision
 from tf_simclr.training.pretrain import LEARNING_RATE
 from tf_simclr.training.pretrain import SUPERVISED_ACC
 from tf_simclr.training.pretrain import SUPERVISED_LOSS
@@ -241,7 +242,8 @@ class DistillTrainer(orbit.StandardTrainer):
     self.scale_by_temperature_squared = scale_by_temperature_squared
     self.distill_label_weight = distill_label_weight
     self.jit_compile = jit_compile
-    names = [TOTAL_LOSS, DISTILL_LOSS, TEACHER_AGREEMENT, WEIGHT_DECAY]
+    names = [TOTAL_LOSS, DISTILL_LOSS, TEACHER_AGREEMENT, WEIGHT_DECAY,
+             common.GRADIENT_NORM]
     if uses_labels:
       names += [SUPERVISED_LOSS, SUPERVISED_ACC]
     self.metrics = common.make_mean_metrics(strategy, names)
@@ -311,8 +313,10 @@ class DistillTrainer(orbit.StandardTrainer):
       else:
         total, stats = self.compute_loss(batch["image"])
       # Gradients are summed over replicas, so scale for a mean.
-      scaled = total / self.strategy.num_replicas_in_sync
-    return tape.gradient(scaled, variables), stats
+      scaled = precision.scale_loss(
+          self.optimizer, total / self.strategy.num_replicas_in_sync)
+    return precision.unscale_gradients(
+        self.optimizer, tape.gradient(scaled, variables)), stats
 
   def train_loop_begin(self):
     common.reset_metrics(self.metrics)
@@ -320,8 +324,8 @@ class DistillTrainer(orbit.StandardTrainer):
   def train_step(self, iterator):
     def replica_step(batch):
       gradients, stats = self._forward_backward(batch)
-      common.apply_gradients(self.optimizer, gradients,
-                             self.student.trainable_variables)
+      stats[common.GRADIENT_NORM] = common.apply_gradients(
+          self.optimizer, gradients, self.student.trainable_variables)
       common.update_metrics(self.metrics, stats)
 
     self.strategy.run(replica_step,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import time
 from typing import Callable
@@ -25,11 +26,13 @@ from tf_simclr.models import memory_bank
 from tf_simclr.models import resnet
 from tf_simclr.models import simclr_model
 from tf_simclr.training import checkpoints
+from tf_simclr.training import common
 from tf_simclr.training import distill
 from tf_simclr.training import evaluation
 from tf_simclr.training import finetune
 from tf_simclr.training import loop as loop_lib
 from tf_simclr.training import optimizer as optimizer_lib
+from tf_simclr.training import precision
 from tf_simclr.training import pretrain
 from tf_simclr.training import strategy as strategy_lib
 
@@ -77,6 +80,45 @@ def _check_writable(directory: str) -> None:
         pass
   except (OSError, tf.errors.OpError) as e:
     raise ValueError(f"model_dir {directory!r} is not writable: {e}") from None
+
+
+def _checkpoint_bytes_estimate(model: keras.Model, extra: dict) -> int:
+  """Bytes of one checkpoint: weights, up to two optimizer slots each, extras."""
+  model_bytes = sum(v.shape.num_elements() * v.dtype.size
+                    for v in model.variables)
+  extra_bytes = sum(v.shape.num_elements() * v.dtype.size
+                    for obj in extra.values() for v in obj.variables)
+  return 3 * model_bytes + extra_bytes
+
+
+def _check_free_space(directory: str, needed_bytes: int) -> None:
+  """Fails before training when model_dir cannot hold two checkpoints.
+
+  Two: a new checkpoint is complete on disk before the oldest is deleted.
+  """
+  if "://" in directory:
+    return
+  free = shutil.disk_usage(directory).free
+  if free < 2 * needed_bytes:
+    raise ValueError(
+        f"model_dir {directory!r} has {free / 2**20:.1f} MiB free but two "
+        f"checkpoints of this model need about {2 * needed_bytes / 2**20:.1f} "
+        "MiB; free some space or choose another model_dir")
+
+
+def _single_worker(strategy: tf.distribute.Strategy) -> bool:
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None:
+    return True
+  cluster = resolver.cluster_spec().as_dict()
+  return sum(len(tasks) for name, tasks in cluster.items()
+             if name in ("chief", "worker")) <= 1
+
+
+def _worker_temp_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
+  resolver = strategy.cluster_resolver
+  return os.path.join(model_dir,
+                      f"worker_temp_{resolver.task_type}_{resolver.task_id}")
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -190,16 +232,21 @@ def run_experiment(cfg: configs.ExperimentConfig,
       f"{schedule.total_steps} steps, warm-up {schedule.warmup_steps}, "
       f"checkpoint every {schedule.checkpoint_steps}")
 
-  with strategy.scope():
+  with strategy.scope(), precision.policy_scope(t.precision):
     model = build_model(cfg, replicas)
-    optimizer = build_optimizer(cfg, schedule)
+    optimizer = precision.wrap_optimizer(build_optimizer(cfg, schedule),
+                                         t.precision)
     global_step = optimizer.iterations
     memory = build_memory_bank(cfg, model, replicas)
+  if t.mode != "eval":
+    _check_free_space(t.model_dir, _checkpoint_bytes_estimate(model, memory))
   manager = checkpoints.make_checkpoint_manager(
-      model, optimizer, t.model_dir, t.keep_checkpoint_max, extra=memory)
+      model, optimizer, t.model_dir, t.keep_checkpoint_max, extra=memory,
+      worker_temp_directory=(None if chief
+                             else _worker_temp_dir(t.model_dir, strategy)))
 
   if manager.latest_checkpoint:
-    manager.checkpoint.restore(manager.latest_checkpoint)
+    checkpoints.restore_for_resume(manager, manager.latest_checkpoint)
     print_fn(f"resumed from {manager.latest_checkpoint} at step "
              f"{int(global_step.numpy())}")
   elif t.checkpoint and t.train_mode == "finetune":
@@ -226,10 +273,12 @@ def run_experiment(cfg: configs.ExperimentConfig,
       _write_json(os.path.join(t.model_dir, RESULT_FILE), results)
       _write_json(os.path.join(
           t.model_dir, f"result_{results['global_step']}.json"), results)
-  if (t.mode in ("train", "train_then_eval") and cfg.export.export_at_end
-      and chief):
-    results.update(_export(cfg, model, int(global_step.numpy()),
-                           dict(results), print_fn))
+  if t.mode in ("train", "train_then_eval") and cfg.export.export_at_end:
+    # Every worker takes part in reading the weights; only the chief writes.
+    export_model = _single_device_copy(cfg, model, strategy)
+    if chief:
+      results.update(_export(cfg, export_model, int(global_step.numpy()),
+                             dict(results), print_fn))
   if results:
     shown = " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                        for k, v in sorted(results.items()))
@@ -261,6 +310,22 @@ def _export(cfg: configs.ExperimentConfig, model: keras.Model, step: int,
         metadata=metadata)
     print_fn(f"exported TF Hub module to {outputs['hub_export']}")
   return outputs
+
+
+def _single_device_copy(cfg: configs.ExperimentConfig, model: keras.Model,
+                        strategy: tf.distribute.Strategy) -> keras.Model:
+  """`model`, or a float32 copy outside the strategy when it has replicas.
+
+  A SavedModel cannot hold functions over variables mirrored on several
+  replicas. Reading synchronised-on-read variables (batch-norm moving
+  statistics) is a collective under multi-worker strategies, so every worker
+  must call this.
+  """
+  if strategy.num_replicas_in_sync == 1:
+    return model
+  copy = build_model(cfg, replicas=1)
+  copy.set_weights(model.get_weights())
+  return copy
 
 
 def export_from_checkpoint(cfg: configs.ExperimentConfig,
@@ -401,9 +466,12 @@ def _train(cfg, strategy, model, optimizer, manager, source, train_source,
       steps_per_loop=schedule.steps_per_loop,
       checkpoint_steps=schedule.checkpoint_steps,
       images_per_step=t.train_batch_size,
-      loss_key=pretrain.TOTAL_LOSS,
+      # Loss scaling skips steps with overflowing float16 gradients itself.
+      finite_keys=((pretrain.TOTAL_LOSS,) if t.precision == "mixed_float16"
+                   else (pretrain.TOTAL_LOSS, common.GRADIENT_NORM)),
       log_every_steps=t.log_every_steps,
-      is_chief=chief)
+      is_chief=chief,
+      save_on_sigterm=_single_worker(strategy))
   train_loop = loop_lib.TrainLoop(
       trainer, optimizer.iterations, manager, writer, settings,
       extra_summaries=(_view_grid_summary(source, cfg)

@@ -35,6 +35,7 @@ from tf_simclr.models import simclr_model
 from tf_simclr.training import checkpoints
 from tf_simclr.training import common
 from tf_simclr.training import optimizer as optimizer_lib
+from tf_simclr.training import precision
 from tf_simclr.training.pretrain import LEARNING_RATE
 from tf_simclr.training.pretrain import SUPERVISED_ACC
 from tf_simclr.training.pretrain import SUPERVISED_LOSS
@@ -96,7 +97,8 @@ class FinetuneTrainer(orbit.StandardTrainer):
     self.weight_decay = weight_decay
     self.jit_compile = jit_compile
     self.metrics = common.make_mean_metrics(
-        strategy, (TOTAL_LOSS, SUPERVISED_LOSS, SUPERVISED_ACC, WEIGHT_DECAY))
+        strategy, (TOTAL_LOSS, SUPERVISED_LOSS, SUPERVISED_ACC, WEIGHT_DECAY,
+                   common.GRADIENT_NORM))
     self._forward_backward = common.maybe_xla(self._loss_and_gradients,
                                               jit_compile)
     super().__init__(
@@ -112,8 +114,10 @@ class FinetuneTrainer(orbit.StandardTrainer):
                                               self.weight_decay)
       total = supervised + decay
       # Gradients are summed over replicas, so scale for a mean.
-      scaled = total / self.strategy.num_replicas_in_sync
-    gradients = tape.gradient(scaled, variables)
+      scaled = precision.scale_loss(
+          self.optimizer, total / self.strategy.num_replicas_in_sync)
+    gradients = precision.unscale_gradients(
+        self.optimizer, tape.gradient(scaled, variables))
     stats = {
         TOTAL_LOSS: total,
         SUPERVISED_LOSS: supervised,
@@ -128,8 +132,8 @@ class FinetuneTrainer(orbit.StandardTrainer):
   def train_step(self, iterator):
     def replica_step(batch):
       gradients, stats = self._forward_backward(batch["image"], batch["label"])
-      common.apply_gradients(self.optimizer, gradients,
-                             self.model.trainable_variables)
+      stats[common.GRADIENT_NORM] = common.apply_gradients(
+          self.optimizer, gradients, self.model.trainable_variables)
       common.update_metrics(self.metrics, stats)
 
     self.strategy.run(replica_step, args=(next(iterator),))

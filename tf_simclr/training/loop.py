@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 import sys
+import threading
 import time
 from typing import Callable, Optional
 
@@ -20,6 +22,7 @@ import orbit
 import tensorflow as tf
 
 from tf_simclr.errors import NonFiniteLossError
+from tf_simclr.errors import PreemptedError
 
 
 @dataclasses.dataclass
@@ -31,17 +34,23 @@ class LoopSettings:
     steps_per_loop: steps per compiled call.
     checkpoint_steps: save period in steps.
     images_per_step: global batch (source images, each counted once).
-    loss_key: metric checked for finiteness after every call.
+    finite_keys: metrics checked for finiteness after every call (those a
+      trainer does not report are skipped).
     log_every_steps: progress line period (0 = every call).
     is_chief: only the chief prints and writes summaries.
+    save_on_sigterm: on SIGTERM (a preemption notice), finish the current
+      call, save a checkpoint of that step and raise `PreemptedError`. Only
+      for single-worker runs: workers of a multi-worker run would need to
+      agree on the step first.
   """
   total_steps: int
   steps_per_loop: int
   checkpoint_steps: int
   images_per_step: int
-  loss_key: str = "total_loss"
+  finite_keys: tuple[str, ...] = ("total_loss",)
   log_every_steps: int = 0
   is_chief: bool = True
+  save_on_sigterm: bool = False
 
 
 def _format_duration(seconds: float) -> str:
@@ -85,12 +94,28 @@ class TrainLoop:
     self.extra_summaries = extra_summaries
     self.print_fn = print_fn
     self.last_metrics: dict[str, float] = {}
+    self._sigterm_received = False
 
   def _save(self, step: int) -> Optional[str]:
     return self.checkpoint_manager.save(checkpoint_number=step)
 
   def run(self) -> dict[str, float]:
     """Trains until `total_steps`; returns the last call's metrics."""
+    install = (self.settings.save_on_sigterm and
+               threading.current_thread() is threading.main_thread())
+    previous = (signal.signal(signal.SIGTERM, self._on_sigterm) if install
+                else None)
+    try:
+      return self._run()
+    finally:
+      if install:
+        signal.signal(signal.SIGTERM, previous)
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum, frame
+    self._sigterm_received = True
+
+  def _run(self) -> dict[str, float]:
     s = self.settings
     step = int(self.global_step.numpy())
     start_step = step
@@ -108,9 +133,14 @@ class TrainLoop:
       step = int(self.global_step.numpy())
       self._check_finite(metrics, step)
       self.last_metrics = metrics
-      if step >= next_checkpoint or step >= s.total_steps:
-        self._save(step)
+      if (step >= next_checkpoint or step >= s.total_steps or
+          self._sigterm_received):
+        saved = self._save(step)
         next_checkpoint = (step // s.checkpoint_steps + 1) * s.checkpoint_steps
+        if self._sigterm_received:
+          raise PreemptedError(
+              f"SIGTERM received: stopped at step {step} after saving "
+              f"{saved}; run the same command to resume")
       if s.is_chief:
         images_per_second = num_steps * s.images_per_step / max(loop_time,
                                                                 1e-9)
@@ -137,10 +167,14 @@ class TrainLoop:
     return self.last_metrics
 
   def _check_finite(self, metrics: dict[str, float], step: int) -> None:
-    value = metrics.get(self.settings.loss_key)
-    if value is not None and not math.isfinite(value):
-      last = self.checkpoint_manager.latest_checkpoint
-      raise NonFiniteLossError(
-          f"{self.settings.loss_key} became {value} by step {step}; "
-          f"stopped without saving. Last good checkpoint: "
-          f"{last or 'none (no checkpoint was written yet)'}")
+    for key in self.settings.finite_keys:
+      value = metrics.get(key)
+      if value is not None and not math.isfinite(value):
+        self._raise_non_finite(key, value, step)
+
+  def _raise_non_finite(self, key: str, value: float, step: int) -> None:
+    last = self.checkpoint_manager.latest_checkpoint
+    raise NonFiniteLossError(
+        f"{key} became {value} by step {step}; "
+        f"stopped without saving. Last good checkpoint: "
+        f"{last or 'none (no checkpoint was written yet)'}")

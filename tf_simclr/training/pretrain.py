@@ -13,6 +13,7 @@ from tf_simclr.data import augment
 from tf_simclr.models import simclr_model
 from tf_simclr.training import common
 from tf_simclr.training import optimizer as optimizer_lib
+from tf_simclr.training import precision
 
 TOTAL_LOSS = "total_loss"
 CONTRAST_LOSS = "contrast_loss"
@@ -81,7 +82,8 @@ class PretrainTrainer(orbit.StandardTrainer):
     self.memory_momentum = memory_momentum
     self.metrics = common.make_mean_metrics(
         strategy, (TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC, CONTRAST_ENTROPY,
-                   SUPERVISED_LOSS, SUPERVISED_ACC, WEIGHT_DECAY))
+                   SUPERVISED_LOSS, SUPERVISED_ACC, WEIGHT_DECAY,
+                   common.GRADIENT_NORM))
     self._forward_backward = common.maybe_xla(self._loss_and_gradients,
                                               jit_compile)
     super().__init__(
@@ -130,8 +132,10 @@ class PretrainTrainer(orbit.StandardTrainer):
       stats[WEIGHT_DECAY] = decay
       stats[TOTAL_LOSS] = total
       # Gradients are summed over replicas, so scale for a mean.
-      scaled = total / self.strategy.num_replicas_in_sync
-    gradients = tape.gradient(scaled, variables)
+      scaled = precision.scale_loss(
+          self.optimizer, total / self.strategy.num_replicas_in_sync)
+    gradients = precision.unscale_gradients(
+        self.optimizer, tape.gradient(scaled, variables))
     return gradients, stats
 
   def train_loop_begin(self):
@@ -150,8 +154,8 @@ class PretrainTrainer(orbit.StandardTrainer):
             images, batch["label"], self.negative_queue.negatives())
       else:
         gradients, stats = self._forward_backward(images, batch["label"])
-      common.apply_gradients(self.optimizer, gradients,
-                             self.model.trainable_variables)
+      stats[common.GRADIENT_NORM] = common.apply_gradients(
+          self.optimizer, gradients, self.model.trainable_variables)
       if self.negative_queue is not None:
         self.negative_queue.enqueue(keys)
         self.momentum_encoder.update(self.model, self.memory_momentum)
@@ -162,6 +166,6 @@ class PretrainTrainer(orbit.StandardTrainer):
   def train_loop_end(self):
     results = common.metric_results(
         self.metrics, (TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC,
-                       CONTRAST_ENTROPY, WEIGHT_DECAY))
+                       CONTRAST_ENTROPY, WEIGHT_DECAY, common.GRADIENT_NORM))
     results[LEARNING_RATE] = common.learning_rate_value(self.optimizer)
     return results
