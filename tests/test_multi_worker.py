@@ -100,3 +100,47 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
   chief_stdout, worker_stdout = outputs[0][0], outputs[1][0]
   assert "step 4/4" in chief_stdout
   assert "step 4/4" not in worker_stdout
+
+
+@pytest.mark.slow
+def test_two_workers_run_finetune_and_distill_stages(tmp_path):
+  """The later stages under MultiWorkerMirroredStrategy on the real (sharded)
+  pipeline: both workers exit cleanly and only the chief writes results."""
+  single = subprocess.run(
+      [sys.executable, str(REPO_ROOT / "run.py"), "--distribution=one_device",
+       f"--model_dir={tmp_path / 'pre'}", *COMMON, "--train_steps=2",
+       "--export_at_end=false"],
+      cwd=str(REPO_ROOT), env=_env(), capture_output=True, text=True,
+      timeout=300)
+  assert single.returncode == 0, single.stderr
+  stages = [
+      ("finetune", ["--train_mode=finetune", f"--checkpoint={tmp_path / 'pre'}",
+                    "--label_fraction=0.1"]),
+      ("distill", ["--train_mode=distill",
+                   f"--teacher_checkpoint={tmp_path / 'finetune'}"]),
+  ]
+  for name, flags in stages:
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    model_dir = tmp_path / name
+    processes = [subprocess.Popen(
+        [sys.executable, str(REPO_ROOT / "run.py"),
+         "--distribution=multi_worker", f"--model_dir={model_dir}", *COMMON,
+         "--train_steps=2", "--export_at_end=false", *flags],
+        cwd=str(REPO_ROOT),
+        env=_env({"cluster": {"worker": workers},
+                  "task": {"type": "worker", "index": index}}),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for index in range(2)]
+    try:
+      outputs = [p.communicate(timeout=420) for p in processes]
+    finally:
+      for process in processes:
+        process.kill()
+    for process, (stdout, stderr) in zip(processes, outputs):
+      assert process.returncode == 0, f"{name}: {stdout}{stderr}"
+      assert "2 replica(s)" in stdout
+    result = json.loads((model_dir / "result.json").read_text())
+    assert result["global_step"] == 2
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-2")
+    assert not [p for p in model_dir.iterdir()
+                if p.name.startswith("worker_temp")]

@@ -191,3 +191,28 @@ def test_cifar10_image_folder_batch(cifar10_dir):
       source, "test", per_replica_batch_size=4, image_size=32), 1)[0]
   assert eval_batch["image"].shape == (4, 32, 32, 3)
   np.testing.assert_array_equal(eval_batch["label"], [0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("source_name", ["digits", "image_folder"])
+def test_training_shards_hold_disjoint_examples(source_name, digits,
+                                                tmp_path):
+  # Every worker reads only its shard, so no two workers ever train on the
+  # same example in a step (or anywhere in an epoch).
+  if source_name == "digits":
+    source = digits
+  else:
+    for index in range(6):
+      folder = tmp_path / "train" / f"class{index % 2}"
+      folder.mkdir(parents=True, exist_ok=True)
+      tf.io.write_file(str(folder / f"{index}.png"),
+                       tf.io.encode_png(tf.fill([4, 4, 3], tf.constant(
+                           index, tf.uint8))))
+    source = sources.get_source("image_folder", str(tmp_path))
+  shards = []
+  for pipeline_id in range(2):
+    dataset = source.make_dataset("train", shuffle_files=True, seed=3,
+                                  input_context=_context(pipeline_id))
+    shards.append([bytes(e["id"]) for e in dataset.as_numpy_iterator()])
+  assert not set(shards[0]) & set(shards[1])
+  assert len(shards[0]) + len(shards[1]) == source.num_examples("train")
+  assert len(set(shards[0]) | set(shards[1])) == source.num_examples("train")
