@@ -3,10 +3,8 @@
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -173,35 +171,6 @@ def test_cli_reports_corrupt_image_by_name(tmp_path):
                     "--skip_corrupt_images")
   assert result.returncode == 0, result.stderr
   assert "final:" in result.stdout
-
-
-@pytest.mark.slow
-def test_sigkill_mid_training_then_rerun_ends_at_requested_step(tmp_path):
-  args = [f"--model_dir={tmp_path}", "--train_steps=12",
-          "--checkpoint_steps=2", "--steps_per_loop=1",
-          "--train_batch_size=32", "--width_multiplier=0.125",
-          "--warmup_epochs=0", "--mode=train", "--nojit_compile"]
-  process = subprocess.Popen([sys.executable, str(REPO_ROOT / "run.py"),
-                              *args], cwd=str(REPO_ROOT),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
-  deadline = time.time() + 240
-  for line in process.stdout:
-    if line.startswith("step 5/") or time.time() > deadline:
-      break
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  killed_at = tf.train.latest_checkpoint(str(tmp_path))
-  assert killed_at is not None
-  assert int(killed_at.rsplit("-", 1)[1]) < 12
-  result = _run_cli(*args)
-  assert result.returncode == 0, result.stderr
-  assert "resumed from" in result.stdout
-  assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-12")
-  # Every checkpoint left behind is complete and restorable.
-  for prefix in tf.train.get_checkpoint_state(
-      str(tmp_path)).all_model_checkpoint_paths:
-    tf.train.load_checkpoint(prefix)
 
 
 def test_export_at_end_and_from_checkpoint(tmp_path):

@@ -1,7 +1,6 @@
 """Surviving faults: NaN losses, unusable model_dir, mismatched resumes, kills."""
 
 import dataclasses
-import os
 import random
 import shutil
 import signal
