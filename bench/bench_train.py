@@ -108,10 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                  "pipeline out of the step time")
   p.add_argument("--distribution", choices=("mirrored", "one_device"),
                  default="mirrored")
-  p.add_argument("--fused_bn", type=_on_off, default=True,
+  p.add_argument("--fused_bn", type=_on_off, default=False,
                  help="training-mode 4-D batch norms through the fused kernel "
-                 "(the library default; same maths). off: the unfused Keras "
-                 "graph, as the original code runs it")
+                 "(same maths; off, the library default, is the unfused "
+                 "Keras graph the original code runs)")
   p.add_argument("--intra_op_threads", type=_non_negative_int, default=0,
                  help="0 = TensorFlow default")
   p.add_argument("--inter_op_threads", type=_non_negative_int, default=0,

@@ -56,13 +56,14 @@ def test_fused_training_matches_unfused_keras_maths(center):
 
 
 def test_fused_path_is_only_taken_for_unsynchronised_4d_training():
-  bn = layers.BatchNormalization()
+  assert not layers.BatchNormalization().fused_training  # Off by default.
+  bn = layers.BatchNormalization(fused_training=True)
   four_d = tf.zeros([2, 3, 3, 4])
   bn.build(four_d.shape)
   assert bn._takes_fused_path(four_d, True)
   assert not bn._takes_fused_path(four_d, False)
   assert not bn._takes_fused_path(tf.zeros([2, 4]), True)
-  synced = layers.BatchNormalization(synchronized=True)
+  synced = layers.BatchNormalization(synchronized=True, fused_training=True)
   synced.build(four_d.shape)
   assert not synced._takes_fused_path(four_d, True)
   off = layers.BatchNormalization(fused_training=False)
@@ -82,7 +83,7 @@ def test_frozen_layer_stays_in_inference_mode():
 
 
 def test_bfloat16_inputs_keep_float32_statistics():
-  bn = layers.BatchNormalization(dtype="mixed_bfloat16")
+  bn = layers.BatchNormalization(dtype="mixed_bfloat16", fused_training=True)
   inputs = tf.cast(tf.random.stateless_normal([8, 4, 4, 3], seed=[3, 4]),
                    tf.bfloat16)
   outputs = bn(inputs, training=True)

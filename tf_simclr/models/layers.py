@@ -103,16 +103,19 @@ class Conv2dFixedPadding(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class BatchNormalization(keras.layers.BatchNormalization):
-  """Keras batch norm whose training-mode 4-D path runs the fused kernel.
+  """Keras batch norm that can run its training-mode 4-D path fused.
 
-  The maths is the unfused layer's (biased batch variance for normalising and
-  for the moving average, epsilon exactly as given); only the kernel differs.
-  The fused kernel computes the forward pass in one sweep and its gradient
-  keeps only the input and per-channel statistics, where the unfused graph
-  keeps several activation-sized temporaries: faster and smaller at peak.
-  Keras' own `fused=True` is not used because it raises epsilon to 1.001e-5
-  and its moving variance goes through a Bessel add/remove round trip that
-  shifts it by ~1e-4 relative.
+  With `fused_training` the maths stays the unfused layer's (biased batch
+  variance for normalising and for the moving average, epsilon exactly as
+  given); only the kernel differs. Keras' own `fused=True` is not used
+  because it raises epsilon to 1.001e-5 and its moving variance goes through
+  a Bessel add/remove round trip that shifts it by ~1e-4 relative.
+
+  Off by default. On this project's CPU (oneDNN, bench/RESULTS.md) the fused
+  kernel made R50 pretraining 1.20x-1.37x faster at about the same peak RSS,
+  but R18 training only 1.01x-1.04x faster at +0.33-0.76 GB peak RSS, which
+  would lift R18 above the original code's memory; the unfused graph (the
+  original code's) is therefore the default.
 
   Synchronised (cross-replica) statistics, other ranks, inference and
   symbolic `training` values take the unfused Keras path.
@@ -123,7 +126,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
       always False there: this layer picks the kernel itself).
   """
 
-  def __init__(self, fused_training: bool = True, **kwargs):
+  def __init__(self, fused_training: bool = False, **kwargs):
     kwargs["fused"] = False
     super().__init__(**kwargs)
     self.fused_training = fused_training
@@ -176,7 +179,8 @@ class BatchNormRelu(keras.layers.Layer):
     batch_norm_decay: moving-average momentum.
     batch_norm_epsilon: variance epsilon.
     fused_training: run training-mode batch norm through the fused kernel
-      when statistics are not synchronised (same maths, less memory).
+      when statistics are not synchronised (same maths; see
+      `BatchNormalization`).
     **kwargs: forwarded to `keras.layers.Layer`.
   """
 
@@ -187,7 +191,7 @@ class BatchNormRelu(keras.layers.Layer):
                global_bn: bool = False,
                batch_norm_decay: float = 0.9,
                batch_norm_epsilon: float = 1e-5,
-               fused_training: bool = True,
+               fused_training: bool = False,
                **kwargs):
     super().__init__(**kwargs)
     check_bn_args(batch_norm_decay, batch_norm_epsilon)
