@@ -168,7 +168,8 @@ def test_step_loss_matches_numpy_with_labelled_mixing():
   metrics = _train(trainer)
   assert set(metrics) == {"total_loss", "distill_loss", "teacher_agreement",
                           "supervised_loss", "supervised_acc",
-                          "weight_decay_loss", "learning_rate"}
+                          "weight_decay_loss", "learning_rate",
+                          "gradient_norm"}
   expected_distill = _np_distill(teacher_logits, student_logits[:8], 2.0, True)
   expected_ce = _np_cross_entropy(student_logits[8:], labelled["label"])
   assert metrics["distill_loss"] == pytest.approx(expected_distill, rel=1e-4)

@@ -83,7 +83,8 @@ def test_first_step_loss_matches_numpy_and_training_lowers_it():
   trainer = _trainer(model, batch)
   first = _train(trainer)
   assert set(first) == {"total_loss", "supervised_loss", "supervised_acc",
-                        "weight_decay_loss", "learning_rate"}
+                        "weight_decay_loss", "learning_rate",
+                        "gradient_norm"}
   expected_ce = _np_cross_entropy(logits, batch["label"])
   assert first["supervised_loss"] == pytest.approx(expected_ce, rel=1e-4)
   assert first["weight_decay_loss"] == pytest.approx(decay, rel=1e-4)
