@@ -51,21 +51,6 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(
              if k.startswith("model/"))
 
 
-def test_cli_reports_nan_in_one_line(tmp_path):
-  # A learning rate of 1e30 with plain momentum blows the weights up.
-  result = subprocess.run(
-      [sys.executable, str(REPO_ROOT / "run.py"), f"--model_dir={tmp_path}",
-       "--optimizer=momentum", "--learning_rate=1e30", "--warmup_epochs=0",
-       "--train_steps=6", "--checkpoint_steps=2", "--steps_per_loop=1",
-       "--train_batch_size=32", "--width_multiplier=0.125", "--mode=train"],
-      cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=240)
-  assert result.returncode == 1
-  assert "Traceback" not in result.stderr
-  errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-  assert len(errors) == 1 and "became" in errors[0], result.stderr
-  assert "Last good checkpoint" in errors[0]
-
-
 def test_unwritable_model_dir_fails_before_training(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
@@ -132,11 +117,13 @@ def _run_until_killed(model_dir, kill_after_step, deadline_seconds=240):
 def test_five_sigkills_at_random_steps_end_like_an_uninterrupted_run(
     tmp_path):
   reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
-  reference = subprocess.run(
+  # The uninterrupted run goes on beside the killed ones (CI time); results
+  # do not depend on timing.
+  reference = subprocess.Popen(
       [sys.executable, str(REPO_ROOT / "run.py"),
        f"--model_dir={reference_dir}", *KILL_ARGS],
-      cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=300)
-  assert reference.returncode == 0, reference.stderr
+      cwd=str(REPO_ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+      text=True)
   # Five kills at increasing, distinct steps; none on a checkpoint boundary
   # alone, so most restarts replay steps after the last checkpoint.
   kill_steps = sorted(random.Random(8).sample(range(1, 14), 5))
@@ -155,6 +142,8 @@ def test_five_sigkills_at_random_steps_end_like_an_uninterrupted_run(
        *KILL_ARGS], cwd=str(REPO_ROOT), capture_output=True, text=True,
       timeout=300)
   assert final.returncode == 0, final.stderr
+  _, reference_stderr = reference.communicate(timeout=300)
+  assert reference.returncode == 0, reference_stderr
   assert tf.train.latest_checkpoint(str(killed_dir)).endswith("ckpt-14")
   assert steps_at_restart == sorted(steps_at_restart)
   expected, actual = _model_tensors(str(reference_dir)), _model_tensors(
