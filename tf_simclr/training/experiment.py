@@ -106,15 +106,6 @@ def _check_free_space(directory: str, needed_bytes: int) -> None:
         "MiB; free some space or choose another model_dir")
 
 
-def _single_worker(strategy: tf.distribute.Strategy) -> bool:
-  resolver = getattr(strategy, "cluster_resolver", None)
-  if resolver is None:
-    return True
-  cluster = resolver.cluster_spec().as_dict()
-  return sum(len(tasks) for name, tasks in cluster.items()
-             if name in ("chief", "worker")) <= 1
-
-
 def _worker_temp_dir(model_dir: str, strategy: tf.distribute.Strategy) -> str:
   resolver = strategy.cluster_resolver
   return os.path.join(model_dir,
@@ -471,7 +462,7 @@ def _train(cfg, strategy, model, optimizer, manager, source, train_source,
                    else (pretrain.TOTAL_LOSS, common.GRADIENT_NORM)),
       log_every_steps=t.log_every_steps,
       is_chief=chief,
-      save_on_sigterm=_single_worker(strategy))
+      save_on_sigterm=strategy_lib.is_single_worker(strategy))
   train_loop = loop_lib.TrainLoop(
       trainer, optimizer.iterations, manager, writer, settings,
       extra_summaries=(_view_grid_summary(source, cfg)

@@ -62,6 +62,16 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
       "chief" not in resolver.cluster_spec().as_dict())
 
 
+def is_single_worker(strategy: tf.distribute.Strategy) -> bool:
+  """True unless the cluster has more than one chief/worker task."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None:
+    return True
+  cluster = resolver.cluster_spec().as_dict()
+  return sum(len(tasks) for name, tasks in cluster.items()
+             if name in ("chief", "worker")) <= 1
+
+
 def check_global_batch(global_batch_size: int,
                        strategy: tf.distribute.Strategy,
                        name: str = "train_batch_size") -> int:
