@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="training-mode 4-D batch norms through the fused kernel "
                  "(same maths; off, the library default, is the unfused "
                  "Keras graph the original code runs)")
+  p.add_argument("--recompute_block_groups", type=int, choices=range(5),
+                 default=0,
+                 help="recompute block groups 1..k in the backward pass")
   p.add_argument("--intra_op_threads", type=_non_negative_int, default=0,
                  help="0 = TensorFlow default")
   p.add_argument("--inter_op_threads", type=_non_negative_int, default=0,
@@ -257,7 +260,9 @@ def _experiment_config(args, train_mode: str, num_classes: int):
       se_ratio=args.se_ratio,
       stem=configs.reference_stem(args.image_size, args.sk_ratio),
       shortcut=configs.reference_shortcut(args.sk_ratio),
-      global_bn=True)
+      global_bn=True,
+      fused_batch_norm=args.fused_bn,
+      recompute_block_groups=args.recompute_block_groups)
   return configs.ExperimentConfig(
       model=model,
       head=configs.HeadConfig(num_classes=num_classes),
@@ -279,15 +284,12 @@ def _experiment_config(args, train_mode: str, num_classes: int):
           fine_tune_after_block=args.fine_tune_after_block, seed=args.seed))
 
 
-def _set_fused_batch_norm(model, fused: bool) -> int:
-  """Sets `fused_training` on every tf_simclr batch norm; returns how many."""
+def _count_fused_batch_norms(model) -> int:
+  """How many tf_simclr batch norms would take the fused training kernel."""
   from tf_simclr.models import layers
-  count = 0
-  for layer in model.submodules:
-    if isinstance(layer, layers.BatchNormalization):
-      layer.fused_training = fused
-      count += 1
-  return count
+  return sum(1 for layer in model.submodules
+             if isinstance(layer, layers.BatchNormalization) and
+             layer.fused_training)
 
 
 def _variable_bytes(variables) -> int:
@@ -340,10 +342,7 @@ def _build_trainer(args, strategy, source, stage: str, result: dict):
     optimizer = experiment.build_optimizer(cfg, schedule)
     memory = (experiment.build_memory_bank(cfg, model, replicas)
               if stage == "pretrain" else {})
-  result["batch_norm_layers"] = _set_fused_batch_norm(model, args.fused_bn)
-  if memory:
-    _set_fused_batch_norm(memory[experiment.MOMENTUM_ENCODER].model,
-                          args.fused_bn)
+  result["fused_batch_norm_layers"] = _count_fused_batch_norms(model)
   result["model_params"] = int(sum(
       v.shape.num_elements() for v in model.trainable_variables))
   result["model_variable_bytes"] = _variable_bytes(model.variables)
@@ -510,7 +509,7 @@ def _configure_tensorflow(args) -> dict:
 _CONFIG_KEYS = ("stage", "resnet_depth", "width_multiplier", "sk_ratio",
                 "se_ratio", "image_size", "batch_size", "use_blur",
                 "color_jitter_strength", "jit_compile", "memory_size",
-                "fused_bn", "dataset", "input", "distribution", "steps",
+                "fused_bn", "recompute_block_groups", "dataset", "input", "distribution", "steps",
                 "warmup_steps", "label")
 
 
@@ -547,6 +546,7 @@ def _describe(result: dict) -> str:
             f"jit={'on' if c['jit_compile'] else 'off'} "
             f"mem={c['memory_size']} blur={'on' if c['use_blur'] else 'off'} "
             f"fused_bn={'on' if c['fused_bn'] else 'off'} "
+            f"recompute={c.get('recompute_block_groups', 0)} "
             f"{c['dataset']}/{c['input']}")
   steady = result.get("steady_peak_rss_gb")
   line = (f"{what}: {result['images_per_sec']:.2f} images/s, "

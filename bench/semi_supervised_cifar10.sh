@@ -6,6 +6,9 @@
 # and into a half-width student, with the half-width student's supervised
 # baseline beside it. Stages whose result.json exists are skipped, so the
 # script can be re-run after an interruption. One line per finished run.
+# Environment: WIDTH, PRE_EPOCHS, FT_EPOCHS_10, FT_EPOCHS_1, SEED, DISTILL=0
+# (stop after the fine-tuning stages), EXTRA_FLAGS (added to every run, e.g.
+# --fused_batch_norm).
 #   bash bench/semi_supervised_cifar10.sh DATA_DIR [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,10 +22,12 @@ FT_EPOCHS_10=${FT_EPOCHS_10:-30}
 FT_EPOCHS_1=${FT_EPOCHS_1:-100}
 DISTILL_EPOCHS=${DISTILL_EPOCHS:-2}
 SEED=${SEED:-0}
+DISTILL=${DISTILL:-1}
+read -r -a extra <<< "${EXTRA_FLAGS:-}"
 mkdir -p "$OUT"
 common=(--dataset=image_folder --data_dir="$DATA" --train_split=train
         --eval_split=test --image_size=32 --cache_dataset=true
-        --export_at_end=false --seed="$SEED")
+        --export_at_end=false --seed="$SEED" "${extra[@]}")
 
 run() {  # run NAME FLAGS...
   local name=$1; shift
@@ -55,6 +60,7 @@ for fraction in 0.1 0.01; do
   run "supervised_$fraction" --train_mode=supervised --width_multiplier="$WIDTH" \
     --label_fraction="$fraction" --train_epochs="$epochs" --train_batch_size=64
 done
+[ "$DISTILL" = 0 ] && exit 0
 # Students learn from the 10 % teacher on the whole train split, labels unused.
 # tau 1.0 for both students: with this weak a teacher and these learning
 # rates the paper's self-distillation tau of 0.1 diverged on digits (README).

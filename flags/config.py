@@ -75,6 +75,8 @@ def config_from_flags(flag_values: Any) -> configs.ExperimentConfig:
           shortcut=shortcut,
           global_bn=f.global_bn,
           batch_norm_decay=f.batch_norm_decay,
+          fused_batch_norm=f.fused_batch_norm,
+          recompute_block_groups=f.recompute_block_groups,
       ),
       head=configs.HeadConfig(
           proj_head_mode=f.proj_head_mode,
@@ -168,6 +170,9 @@ def validate(cfg: configs.ExperimentConfig) -> None:
        f"width_multiplier must be > 0, got {m.width_multiplier}")
   need(m.sk_ratio >= 0, f"sk_ratio must be >= 0, got {m.sk_ratio}")
   need(m.se_ratio >= 0, f"se_ratio must be >= 0, got {m.se_ratio}")
+  need(0 <= m.recompute_block_groups <= 4,
+       f"recompute_block_groups must be in [0, 4], got "
+       f"{m.recompute_block_groups}")
   need(0.0 <= m.batch_norm_decay < 1.0,
        f"batch_norm_decay must be in [0, 1), got {m.batch_norm_decay}")
   need(h.num_proj_layers >= 1,

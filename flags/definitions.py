@@ -65,6 +65,16 @@ def define_flags() -> None:
   flags.DEFINE_bool("global_bn", True, "Synchronise BN statistics across "
                     "replicas.")
   flags.DEFINE_float("batch_norm_decay", 0.9, "BN moving-average momentum.")
+  flags.DEFINE_bool("fused_batch_norm", False,
+                    "Training-mode backbone batch norms through the fused "
+                    "kernel when statistics are not synchronised (same maths;"
+                    " faster for R50 and narrow networks on CPU, more memory "
+                    "for R18).")
+  flags.DEFINE_integer("recompute_block_groups", 0,
+                       "Recompute the activations of block groups 1..k in "
+                       "the backward pass instead of keeping them (0 = keep "
+                       "all): less peak memory for some extra compute, same "
+                       "gradients.")
 
   # Heads.
   flags.DEFINE_enum("proj_head_mode", "nonlinear",

@@ -607,7 +607,7 @@ _ROUND_TRIP_CASES = [
      [1, 9, 9, 3]),
     (lambda: layers.BatchNormalization(momentum=0.8, fused_training=False),
      [2, 3, 3, 4]),
-    (lambda: layers.BatchNormRelu(relu=False, fused_training=False),
+    (lambda: layers.BatchNormRelu(relu=False, fused_batch_norm=False),
      [2, 3, 3, 4]),
     (lambda: resnet.ProjectionShortcut(8, 2, configs.SHORTCUT_RESNET_D),
      [1, 5, 5, 4]),

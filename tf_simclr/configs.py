@@ -46,6 +46,8 @@ class ModelConfig:
   global_bn: bool = True
   batch_norm_decay: float = 0.9
   batch_norm_epsilon: float = 1e-5
+  fused_batch_norm: bool = False
+  recompute_block_groups: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,8 @@ def build_backbone(model_config: configs.ModelConfig,
       global_bn=model_config.global_bn,
       batch_norm_decay=model_config.batch_norm_decay,
       batch_norm_epsilon=model_config.batch_norm_epsilon,
+      fused_batch_norm=model_config.fused_batch_norm,
+      recompute_block_groups=model_config.recompute_block_groups,
       frozen_through_block=frozen_through_block)
 
 

@@ -8,7 +8,9 @@ the optimiser's name-based exclusion rules select them by role.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import contextlib
+import threading
+from typing import Any, Iterator, Optional
 
 import tensorflow as tf
 import tf_keras as keras
@@ -16,6 +18,25 @@ import tf_keras as keras
 _PACKAGE = "tf_simclr"
 # Narrowest SK attention bottleneck, as in the reference.
 SK_MIN_DIM = 32
+
+_moving_average_state = threading.local()
+
+
+@contextlib.contextmanager
+def moving_averages_frozen() -> Iterator[None]:
+  """Batch norms called inside this context leave their moving averages alone.
+
+  For replaying a forward pass (activation recomputation in the backward
+  pass): the replay must normalise with the same batch statistics, but the
+  moving averages were already updated once by the original forward pass.
+  The flag is read when a layer is called (trace time inside `tf.function`).
+  """
+  previous = getattr(_moving_average_state, "frozen", False)
+  _moving_average_state.frozen = True
+  try:
+    yield
+  finally:
+    _moving_average_state.frozen = previous
 
 
 def conv_kernel_initializer() -> keras.initializers.Initializer:
@@ -131,6 +152,12 @@ class BatchNormalization(keras.layers.BatchNormalization):
     super().__init__(**kwargs)
     self.fused_training = fused_training
 
+  def _assign_moving_average(self, variable, value, momentum, inputs_size):
+    if getattr(_moving_average_state, "frozen", False):
+      return variable
+    return super()._assign_moving_average(variable, value, momentum,
+                                          inputs_size)
+
   def _takes_fused_path(self, inputs: tf.Tensor, training) -> bool:
     return (self.fused_training and not self.synchronized and
             not self.renorm and self.virtual_batch_size is None and
@@ -178,7 +205,7 @@ class BatchNormRelu(keras.layers.Layer):
     global_bn: synchronise batch statistics across replicas.
     batch_norm_decay: moving-average momentum.
     batch_norm_epsilon: variance epsilon.
-    fused_training: run training-mode batch norm through the fused kernel
+    fused_batch_norm: run training-mode batch norm through the fused kernel
       when statistics are not synchronised (same maths; see
       `BatchNormalization`).
     **kwargs: forwarded to `keras.layers.Layer`.
@@ -191,7 +218,7 @@ class BatchNormRelu(keras.layers.Layer):
                global_bn: bool = False,
                batch_norm_decay: float = 0.9,
                batch_norm_epsilon: float = 1e-5,
-               fused_training: bool = False,
+               fused_batch_norm: bool = False,
                **kwargs):
     super().__init__(**kwargs)
     check_bn_args(batch_norm_decay, batch_norm_epsilon)
@@ -201,7 +228,7 @@ class BatchNormRelu(keras.layers.Layer):
     self.global_bn = global_bn
     self.batch_norm_decay = batch_norm_decay
     self.batch_norm_epsilon = batch_norm_epsilon
-    self.fused_training = fused_training
+    self.fused_batch_norm = fused_batch_norm
     self.bn = BatchNormalization(
         axis=-1,
         momentum=batch_norm_decay,
@@ -210,7 +237,7 @@ class BatchNormRelu(keras.layers.Layer):
         scale=True,
         gamma_initializer="zeros" if init_zero else "ones",
         synchronized=global_bn,
-        fused_training=fused_training,
+        fused_training=fused_batch_norm,
         name="batch_normalization")
 
   def call(self, inputs: tf.Tensor, training: Optional[bool] = None
@@ -226,7 +253,7 @@ class BatchNormRelu(keras.layers.Layer):
                   global_bn=self.global_bn,
                   batch_norm_decay=self.batch_norm_decay,
                   batch_norm_epsilon=self.batch_norm_epsilon,
-                  fused_training=self.fused_training)
+                  fused_batch_norm=self.fused_batch_norm)
     return config
 
 
@@ -246,6 +273,7 @@ class SelectiveKernel(keras.layers.Layer):
     global_bn: synchronise batch statistics across replicas.
     batch_norm_decay: moving-average momentum.
     batch_norm_epsilon: variance epsilon.
+    fused_batch_norm: training-mode batch norms through the fused kernel.
     **kwargs: forwarded to `keras.layers.Layer`.
   """
 
@@ -256,6 +284,7 @@ class SelectiveKernel(keras.layers.Layer):
                global_bn: bool = False,
                batch_norm_decay: float = 0.9,
                batch_norm_epsilon: float = 1e-5,
+               fused_batch_norm: bool = False,
                **kwargs):
     super().__init__(**kwargs)
     _check_positive_int("filters", filters)
@@ -267,9 +296,11 @@ class SelectiveKernel(keras.layers.Layer):
     self.global_bn = global_bn
     self.batch_norm_decay = batch_norm_decay
     self.batch_norm_epsilon = batch_norm_epsilon
+    self.fused_batch_norm = fused_batch_norm
     self.mid_dim = max(int(filters * sk_ratio), SK_MIN_DIM)
     bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay,
-                   batch_norm_epsilon=batch_norm_epsilon)
+                   batch_norm_epsilon=batch_norm_epsilon,
+                   fused_batch_norm=fused_batch_norm)
     self.conv = Conv2dFixedPadding(2 * filters, 3, strides, name="conv")
     self.bn_relu = BatchNormRelu(name="batch_norm_relu", **bn_args)
     self.reduce_conv = keras.layers.Conv2D(
@@ -298,7 +329,8 @@ class SelectiveKernel(keras.layers.Layer):
     config.update(filters=self.filters, sk_ratio=self.sk_ratio,
                   strides=self.strides, global_bn=self.global_bn,
                   batch_norm_decay=self.batch_norm_decay,
-                  batch_norm_epsilon=self.batch_norm_epsilon)
+                  batch_norm_epsilon=self.batch_norm_epsilon,
+                  fused_batch_norm=self.fused_batch_norm)
     return config
 
 

@@ -61,7 +61,8 @@ def scaled_width(channels: int, width_multiplier: float) -> int:
 def _bn_kwargs(layer: Any) -> dict[str, Any]:
   return dict(global_bn=layer.global_bn,
               batch_norm_decay=layer.batch_norm_decay,
-              batch_norm_epsilon=layer.batch_norm_epsilon)
+              batch_norm_epsilon=layer.batch_norm_epsilon,
+              fused_batch_norm=layer.fused_batch_norm)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
@@ -86,6 +87,8 @@ class Stem(keras.layers.Layer):
     global_bn: synchronise batch statistics across replicas.
     batch_norm_decay: moving-average momentum.
     batch_norm_epsilon: variance epsilon.
+    fused_batch_norm: training-mode batch norms through the fused kernel
+      (same maths; `layers.BatchNormalization`).
     **kwargs: forwarded to `keras.layers.Layer`.
   """
 
@@ -95,6 +98,7 @@ class Stem(keras.layers.Layer):
                global_bn: bool = False,
                batch_norm_decay: float = 0.9,
                batch_norm_epsilon: float = 1e-5,
+               fused_batch_norm: bool = False,
                **kwargs):
     super().__init__(**kwargs)
     _check_choice("stem", stem, configs.STEMS)
@@ -106,6 +110,7 @@ class Stem(keras.layers.Layer):
     self.global_bn = global_bn
     self.batch_norm_decay = batch_norm_decay
     self.batch_norm_epsilon = batch_norm_epsilon
+    self.fused_batch_norm = fused_batch_norm
     if stem == configs.STEM_CIFAR:
       conv_specs = [(filters, 3, 1)]
     elif stem == configs.STEM_IMAGENET:
@@ -155,6 +160,8 @@ class ProjectionShortcut(keras.layers.Layer):
     global_bn: synchronise batch statistics across replicas.
     batch_norm_decay: moving-average momentum.
     batch_norm_epsilon: variance epsilon.
+    fused_batch_norm: training-mode batch norms through the fused kernel
+      (same maths; `layers.BatchNormalization`).
     **kwargs: forwarded to `keras.layers.Layer`.
   """
 
@@ -165,6 +172,7 @@ class ProjectionShortcut(keras.layers.Layer):
                global_bn: bool = False,
                batch_norm_decay: float = 0.9,
                batch_norm_epsilon: float = 1e-5,
+               fused_batch_norm: bool = False,
                **kwargs):
     super().__init__(**kwargs)
     _check_choice("shortcut", shortcut, configs.SHORTCUTS)
@@ -174,6 +182,7 @@ class ProjectionShortcut(keras.layers.Layer):
     self.global_bn = global_bn
     self.batch_norm_decay = batch_norm_decay
     self.batch_norm_epsilon = batch_norm_epsilon
+    self.fused_batch_norm = fused_batch_norm
     if shortcut == configs.SHORTCUT_RESNET_D:
       self.pool = layers_lib.ShortcutAvgPool(strides, name="avg_pool")
       conv_strides = 1
@@ -212,6 +221,8 @@ class BasicBlock(keras.layers.Layer):
     global_bn: synchronise batch statistics across replicas.
     batch_norm_decay: moving-average momentum.
     batch_norm_epsilon: variance epsilon.
+    fused_batch_norm: training-mode batch norms through the fused kernel
+      (same maths; `layers.BatchNormalization`).
     **kwargs: forwarded to `keras.layers.Layer`.
   """
 
@@ -224,6 +235,7 @@ class BasicBlock(keras.layers.Layer):
                global_bn: bool = False,
                batch_norm_decay: float = 0.9,
                batch_norm_epsilon: float = 1e-5,
+               fused_batch_norm: bool = False,
                **kwargs):
     super().__init__(**kwargs)
     self.filters = filters
@@ -234,6 +246,7 @@ class BasicBlock(keras.layers.Layer):
     self.global_bn = global_bn
     self.batch_norm_decay = batch_norm_decay
     self.batch_norm_epsilon = batch_norm_epsilon
+    self.fused_batch_norm = fused_batch_norm
     bn = _bn_kwargs(self)
     self.projection = (
         ProjectionShortcut(filters, strides, shortcut, name="shortcut", **bn)
@@ -285,6 +298,8 @@ class BottleneckBlock(keras.layers.Layer):
     global_bn: synchronise batch statistics across replicas.
     batch_norm_decay: moving-average momentum.
     batch_norm_epsilon: variance epsilon.
+    fused_batch_norm: training-mode batch norms through the fused kernel
+      (same maths; `layers.BatchNormalization`).
     **kwargs: forwarded to `keras.layers.Layer`.
   """
 
@@ -298,6 +313,7 @@ class BottleneckBlock(keras.layers.Layer):
                global_bn: bool = False,
                batch_norm_decay: float = 0.9,
                batch_norm_epsilon: float = 1e-5,
+               fused_batch_norm: bool = False,
                **kwargs):
     super().__init__(**kwargs)
     self.filters = filters
@@ -309,6 +325,7 @@ class BottleneckBlock(keras.layers.Layer):
     self.global_bn = global_bn
     self.batch_norm_decay = batch_norm_decay
     self.batch_norm_epsilon = batch_norm_epsilon
+    self.fused_batch_norm = fused_batch_norm
     bn = _bn_kwargs(self)
     out_filters = BOTTLENECK_EXPANSION * filters
     self.projection = (
@@ -360,6 +377,35 @@ class BottleneckBlock(keras.layers.Layer):
     return config
 
 
+def recomputed_call(block: keras.layers.Layer, inputs: tf.Tensor
+                    ) -> tf.Tensor:
+  """`block(inputs, training=True)` keeping only `inputs` for the backward.
+
+  The block's inner activations are dropped after the forward pass and
+  recomputed when the gradient is taken, trading one more forward pass of the
+  block for most of its activation memory. The replay normalises with the same
+  batch statistics (so gradients are those of the plain call) but does not
+  update the batch norms' moving averages a second time.
+
+  Args:
+    block: a training-mode Keras layer of one tensor.
+    inputs: its input.
+
+  Returns:
+    The block's output.
+  """
+  calls = []
+
+  def forward(x: tf.Tensor) -> tf.Tensor:
+    if calls:  # Every call after the first is the backward pass's replay.
+      with layers_lib.moving_averages_frozen():
+        return block(x, training=True)
+    calls.append(True)
+    return block(x, training=True)
+
+  return tf.recompute_grad(forward)(inputs)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class BlockGroup(keras.layers.Layer):
   """A stage of blocks; the first has the stride and a projection shortcut.
@@ -375,9 +421,13 @@ class BlockGroup(keras.layers.Layer):
     sk_ratio: selective-kernel ratio (bottleneck only; 0 disables it).
     se_ratio: squeeze-excitation ratio (0 disables it).
     shortcut: projection shortcut style, one of `configs.SHORTCUTS`.
+    recompute_blocks: in training, keep only each block's input for the
+      backward pass and recompute the rest there (`recomputed_call`).
     global_bn: synchronise batch statistics across replicas.
     batch_norm_decay: moving-average momentum.
     batch_norm_epsilon: variance epsilon.
+    fused_batch_norm: training-mode batch norms through the fused kernel
+      (same maths; `layers.BatchNormalization`).
     **kwargs: forwarded to `keras.layers.Layer`.
   """
 
@@ -389,9 +439,11 @@ class BlockGroup(keras.layers.Layer):
                sk_ratio: float = 0.0,
                se_ratio: float = 0.0,
                shortcut: str = configs.SHORTCUT_PROJECTION,
+               recompute_blocks: bool = False,
                global_bn: bool = False,
                batch_norm_decay: float = 0.9,
                batch_norm_epsilon: float = 1e-5,
+               fused_batch_norm: bool = False,
                **kwargs):
     super().__init__(**kwargs)
     self.filters = filters
@@ -401,9 +453,11 @@ class BlockGroup(keras.layers.Layer):
     self.sk_ratio = sk_ratio
     self.se_ratio = se_ratio
     self.shortcut = shortcut
+    self.recompute_blocks = recompute_blocks
     self.global_bn = global_bn
     self.batch_norm_decay = batch_norm_decay
     self.batch_norm_epsilon = batch_norm_epsilon
+    self.fused_batch_norm = fused_batch_norm
     self.blocks = []
     for i in range(num_blocks):
       common = dict(filters=filters, strides=strides if i == 0 else 1,
@@ -417,8 +471,11 @@ class BlockGroup(keras.layers.Layer):
   def call(self, inputs: tf.Tensor, training: Optional[bool] = None
            ) -> tf.Tensor:
     x = inputs
+    recompute = (self.recompute_blocks and training is True and
+                 self.trainable)
     for block in self.blocks:
-      x = block(x, training=training)
+      x = (recomputed_call(block, x) if recompute
+           else block(x, training=training))
     return x
 
   def get_config(self) -> dict[str, Any]:
@@ -426,7 +483,8 @@ class BlockGroup(keras.layers.Layer):
     config.update(filters=self.filters, num_blocks=self.num_blocks,
                   strides=self.strides, bottleneck=self.bottleneck,
                   sk_ratio=self.sk_ratio, se_ratio=self.se_ratio,
-                  shortcut=self.shortcut, **_bn_kwargs(self))
+                  shortcut=self.shortcut,
+                  recompute_blocks=self.recompute_blocks, **_bn_kwargs(self))
     return config
 
 
@@ -461,6 +519,14 @@ class ResNet(keras.Model):
     global_bn: synchronise batch statistics across replicas.
     batch_norm_decay: BN moving-average momentum.
     batch_norm_epsilon: BN variance epsilon.
+    fused_batch_norm: training-mode batch norms through the fused kernel
+      (same maths; `layers.BatchNormalization`). Faster for R50 and narrow
+      networks on CPU (bench/RESULTS.md).
+    recompute_block_groups: 0 keeps every activation for the backward pass;
+      k recomputes, block by block, the activations of block groups 1..k
+      in the backward pass instead (same gradients and moving averages;
+      about a third more forward compute in those groups for a large cut in
+      peak memory, most of it in the early, high-resolution groups).
     frozen_through_block: -1 freezes nothing, 0 the stem, k in 1..4 the stem
       and block groups 1..k.
     **kwargs: forwarded to `keras.Model`.
@@ -476,6 +542,8 @@ class ResNet(keras.Model):
                global_bn: bool = False,
                batch_norm_decay: float = 0.9,
                batch_norm_epsilon: float = 1e-5,
+               fused_batch_norm: bool = False,
+               recompute_block_groups: int = 0,
                frozen_through_block: int = -1,
                **kwargs):
     kwargs.setdefault("name", "resnet")
@@ -495,6 +563,8 @@ class ResNet(keras.Model):
     layers_lib.check_bn_args(batch_norm_decay, batch_norm_epsilon)
     _check_choice("frozen_through_block", frozen_through_block,
                   (-1, 0, 1, 2, 3, 4))
+    _check_choice("recompute_block_groups", recompute_block_groups,
+                  (0, 1, 2, 3, 4))
     self.depth = depth
     self.width_multiplier = width_multiplier
     self.sk_ratio = sk_ratio
@@ -504,6 +574,8 @@ class ResNet(keras.Model):
     self.global_bn = global_bn
     self.batch_norm_decay = batch_norm_decay
     self.batch_norm_epsilon = batch_norm_epsilon
+    self.fused_batch_norm = fused_batch_norm
+    self.recompute_block_groups = recompute_block_groups
     self.frozen_through_block = frozen_through_block
 
     bottleneck, blocks_per_group = RESNET_SPECS[depth]
@@ -514,10 +586,12 @@ class ResNet(keras.Model):
     self.block_groups = [
         BlockGroup(scaled_width(base, width_multiplier), num_blocks, strides,
                    bottleneck, sk_ratio=sk_ratio, se_ratio=se_ratio,
-                   shortcut=shortcut, name=name, **bn)
-        for base, num_blocks, strides, name in zip(
+                   shortcut=shortcut,
+                   recompute_blocks=index <= recompute_block_groups,
+                   name=name, **bn)
+        for index, (base, num_blocks, strides, name) in enumerate(zip(
             _GROUP_BASE_FILTERS, blocks_per_group, _GROUP_STRIDES,
-            BLOCK_GROUPS)
+            BLOCK_GROUPS), start=1)
     ]
     for part in self.parts[:frozen_through_block + 1]:
       part.trainable = False
@@ -566,6 +640,8 @@ class ResNet(keras.Model):
         "global_bn": self.global_bn,
         "batch_norm_decay": self.batch_norm_decay,
         "batch_norm_epsilon": self.batch_norm_epsilon,
+        "fused_batch_norm": self.fused_batch_norm,
+        "recompute_block_groups": self.recompute_block_groups,
         "frozen_through_block": self.frozen_through_block,
     }
 
