@@ -310,3 +310,23 @@ def test_bad_card_metadata_is_refused_before_writing(exported, tmp_path):
                           image_size=IMAGE_SIZE,
                           metadata={"metrics": {"top1": [1]}})
   assert os.listdir(tmp_path) == []
+
+
+def test_recomputing_model_exports_plain_gradients(tmp_path, caplog):
+  keras.utils.set_random_seed(0)
+  model = builder.build_model(
+      configs.ModelConfig(width_multiplier=0.125, global_bn=False,
+                          recompute_block_groups=2),
+      configs.HeadConfig(num_classes=NUM_CLASSES), "finetune")
+  model(tf.zeros([1, IMAGE_SIZE, IMAGE_SIZE, 3]), training=False)
+  hub_dir = hub_export.export_hub(model, str(tmp_path / "hub"),
+                                  image_size=IMAGE_SIZE, metadata=METADATA)
+  assert [g.recompute_blocks for g in model.backbone.block_groups] == [
+      True, True, False, False]
+  with caplog.at_level("WARNING"):
+    layer = hub.KerasLayer(hub_dir, trainable=True)
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(layer(images(3, 4), training=True))
+    gradients = tape.gradient(loss, layer.trainable_weights)
+  assert "custom gradients" not in caplog.text
+  assert all(g is not None for g in gradients)

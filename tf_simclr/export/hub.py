@@ -185,7 +185,8 @@ def export_hub(model: keras.Model,
     tf.io.gfile.makedirs(parent)
   staging = serving.temporary_sibling(hub_dir)
   try:
-    with serving.per_replica_batch_norm(model):
+    with serving.per_replica_batch_norm(model), \
+        serving.without_recomputation(model):
       module = HubModule(model)
       tf.saved_model.save(module, staging)
     serving.write_metadata(staging, record)

@@ -193,6 +193,29 @@ def per_replica_batch_norm(model: Any) -> Iterator[None]:
       layer.synchronized = True
 
 
+@contextlib.contextmanager
+def without_recomputation(model: Any) -> Iterator[None]:
+  """Traces recomputed block groups (`recompute_block_groups`) as plain ones.
+
+  Recomputation is a memory trade-off of the training step that built the
+  model; its custom gradients are not stored in a SavedModel, so a Hub
+  module fine-tuned with `training=True` would carry functions whose
+  gradients "will likely fail". Exported functions get the plain graph.
+
+  Args:
+    model: a Keras model; restored on exit.
+  """
+  groups = [layer for layer in model.submodules
+            if getattr(layer, "recompute_blocks", False)]
+  for group in groups:
+    group.recompute_blocks = False
+  try:
+    yield
+  finally:
+    for group in groups:
+      group.recompute_blocks = True
+
+
 # ----------------------------------------------------------------------------
 # In-graph request handling.
 
