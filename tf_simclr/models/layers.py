@@ -136,7 +136,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
   kernel made R50 pretraining 1.20x-1.37x faster at about the same peak RSS,
   but R18 training only 1.01x-1.04x faster at +0.33-0.76 GB peak RSS, which
   would lift R18 above the original code's memory; the unfused graph (the
-  original code's) is therefore the default.
+  original code's) is therefore the default (`--fused_batch_norm` turns the
+  kernel on for a whole backbone).
 
   Synchronised (cross-replica) statistics, other ranks, inference and
   symbolic `training` values take the unfused Keras path.
