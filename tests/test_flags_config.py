@@ -55,6 +55,7 @@ def test_defaults_resolve_reference_coupling(parse):
     (["--label_fraction=0.1", "--label_subset_file=ids.txt"], "exclusive"),
     (["--memory_size=16", "--nohidden_norm"], "needs --hidden_norm"),
     (["--min_crop_area=0"], "min_crop_area"),
+    (["--recompute_block_groups=5"], "recompute_block_groups must be in"),
 ])
 def test_invalid_flags_raise_value_error_naming_the_flag(parse, args, message):
   with pytest.raises(ValueError, match=message):
