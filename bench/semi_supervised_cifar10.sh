@@ -7,8 +7,11 @@
 # baseline beside it. Stages whose result.json exists are skipped, so the
 # script can be re-run after an interruption. One line per finished run.
 # Environment: WIDTH, PRE_EPOCHS, FT_EPOCHS_10, FT_EPOCHS_1, SEED, DISTILL=0
-# (stop after the fine-tuning stages), EXTRA_FLAGS (added to every run, e.g.
-# --fused_batch_norm), PARALLEL=1 (run each fraction's fine-tuning and
+# (stop after the fine-tuning stages) or DISTILL=self (only the same-size
+# student), SELF_INIT=pretrain|teacher (the same-size student starts from the
+# pretrained encoder, or from the fine-tuned teacher itself), EXTRA_FLAGS (added to every run, e.g.
+# --fused_batch_norm), PRETRAIN_FLAGS (added to the pretraining run after the
+# recipe below, so they override it, e.g. --temperature=0.2), PARALLEL=1 (run each fraction's fine-tuning and
 # supervised runs side by side: at batch 64 one run keeps only ~1.6 of the
 # two cores busy, so the pair finishes sooner than one after the other).
 # times.txt gets one line per run and one for the whole invocation.
@@ -28,6 +31,7 @@ SEED=${SEED:-0}
 DISTILL=${DISTILL:-1}
 PARALLEL=${PARALLEL:-0}
 read -r -a extra <<< "${EXTRA_FLAGS:-}"
+read -r -a pretrain_extra <<< "${PRETRAIN_FLAGS:-}"
 mkdir -p "$OUT"
 script_start=$SECONDS
 trap 'echo "all wall_seconds=$((SECONDS - script_start)) (this invocation)" >> "$OUT/times.txt"' EXIT
@@ -57,7 +61,7 @@ run pretrain --train_mode=pretrain --width_multiplier="$WIDTH" \
   --train_epochs="$PRE_EPOCHS" --warmup_epochs=1 --train_batch_size=256 \
   --learning_rate=1.0 --learning_rate_scaling=linear --temperature=0.5 \
   --weight_decay=1e-4 --color_jitter_strength=0.5 --use_blur=false \
-  --min_crop_area=0.08
+  --min_crop_area=0.08 "${pretrain_extra[@]}"
 for fraction in 0.1 0.01; do
   epochs=$FT_EPOCHS_10; [ "$fraction" = 0.01 ] && epochs=$FT_EPOCHS_1
   finetune=(finetune_"$fraction" --train_mode=finetune --checkpoint="$OUT/pretrain"
@@ -80,10 +84,16 @@ done
 # Students learn from the 10 % teacher on the whole train split, labels unused.
 # tau 1.0 for both students: with this weak a teacher and these learning
 # rates the paper's self-distillation tau of 0.1 diverged on digits (README).
+if [ "${SELF_INIT:-pretrain}" = teacher ]; then
+  self_init=(--checkpoint="$OUT/finetune_0.1" --ft_proj_selector=1)
+else
+  self_init=(--checkpoint="$OUT/pretrain")
+fi
 run distill_self --train_mode=distill --teacher_checkpoint="$OUT/finetune_0.1" \
-  --checkpoint="$OUT/pretrain" --width_multiplier="$WIDTH" \
+  "${self_init[@]}" --width_multiplier="$WIDTH" \
   --distill_temperature="${SELF_TEMPERATURE:-1.0}" \
   --train_epochs="$DISTILL_EPOCHS" --train_batch_size=256
+[ "$DISTILL" = self ] && exit 0
 run distill_half_width --train_mode=distill --teacher_checkpoint="$OUT/finetune_0.1" \
   --width_multiplier="$SMALL_WIDTH" --distill_temperature=1.0 \
   --train_epochs="$DISTILL_EPOCHS" --train_batch_size=256
