@@ -6,14 +6,15 @@
 # and into a half-width student, with the half-width student's supervised
 # baseline beside it. Stages whose result.json exists are skipped, so the
 # script can be re-run after an interruption. One line per finished run.
-# Environment: WIDTH, PRE_EPOCHS, FT_EPOCHS_10, FT_EPOCHS_1, SEED, DISTILL=0
-# (stop after the fine-tuning stages) or DISTILL=self (only the same-size
-# student), SELF_INIT=pretrain|teacher (the same-size student starts from the
-# pretrained encoder, or from the fine-tuned teacher itself), EXTRA_FLAGS (added to every run, e.g.
-# --fused_batch_norm), PRETRAIN_FLAGS (added to the pretraining run after the
-# recipe below, so they override it, e.g. --temperature=0.2), PARALLEL=1 (run each fraction's fine-tuning and
-# supervised runs side by side: at batch 64 one run keeps only ~1.6 of the
-# two cores busy, so the pair finishes sooner than one after the other).
+# Environment: WIDTH, PRE_EPOCHS, FT_EPOCHS_10, FT_EPOCHS_1, SEED,
+# DISTILL=1|0|self (0: stop after the fine-tuning stages; self: only the
+# same-size student), SELF_INIT=pretrain|teacher (the same-size student starts
+# from the pretrained encoder or from the fine-tuned teacher itself),
+# SELF_TEMPERATURE, DISTILL_EPOCHS, EXTRA_FLAGS (added to every run, e.g.
+# --fused_batch_norm), PRETRAIN_FLAGS (added after the pretraining recipe
+# below, so they override it, e.g. --temperature=0.2), PARALLEL=1 (run each
+# fraction's fine-tuning and supervised runs side by side: at batch 64 one run
+# keeps only ~1.6 of the two cores busy, so the pair finishes sooner).
 # times.txt gets one line per run and one for the whole invocation.
 #   bash bench/semi_supervised_cifar10.sh DATA_DIR [OUT]
 set -euo pipefail
@@ -30,6 +31,9 @@ DISTILL_EPOCHS=${DISTILL_EPOCHS:-2}
 SEED=${SEED:-0}
 DISTILL=${DISTILL:-1}
 PARALLEL=${PARALLEL:-0}
+SELF_INIT=${SELF_INIT:-pretrain}
+case "$DISTILL" in 0|1|self) ;; *) echo "DISTILL must be 0, 1 or self, got '$DISTILL'" >&2; exit 2;; esac
+case "$SELF_INIT" in pretrain|teacher) ;; *) echo "SELF_INIT must be pretrain or teacher, got '$SELF_INIT'" >&2; exit 2;; esac
 read -r -a extra <<< "${EXTRA_FLAGS:-}"
 read -r -a pretrain_extra <<< "${PRETRAIN_FLAGS:-}"
 mkdir -p "$OUT"
@@ -82,9 +86,10 @@ for fraction in 0.1 0.01; do
 done
 [ "$DISTILL" = 0 ] && exit 0
 # Students learn from the 10 % teacher on the whole train split, labels unused.
-# tau 1.0 for both students: with this weak a teacher and these learning
-# rates the paper's self-distillation tau of 0.1 diverged on digits (README).
-if [ "${SELF_INIT:-pretrain}" = teacher ]; then
+# tau defaults to 1.0: with this weak a teacher and these learning rates the
+# paper's self-distillation tau of 0.1 diverged on digits (README); a student
+# started from the teacher itself did best here at 0.5 (README).
+if [ "$SELF_INIT" = teacher ]; then
   self_init=(--checkpoint="$OUT/finetune_0.1" --ft_proj_selector=1)
 else
   self_init=(--checkpoint="$OUT/pretrain")
