@@ -96,6 +96,7 @@ def config_from_flags(flag_values: Any) -> configs.ExperimentConfig:
           train_split=f.train_split,
           eval_split=f.eval_split,
           image_size=f.image_size,
+          pretrain_image_size=f.pretrain_image_size,
           color_jitter_strength=f.color_jitter_strength,
           min_crop_area=f.min_crop_area,
           use_blur=f.use_blur,
@@ -179,6 +180,11 @@ def validate(cfg: configs.ExperimentConfig) -> None:
        f"num_proj_layers must be >= 1, got {h.num_proj_layers}")
   need(h.proj_out_dim >= 1, f"proj_out_dim must be >= 1, got {h.proj_out_dim}")
   need(d.image_size >= 8, f"image_size must be >= 8, got {d.image_size}")
+  need(d.pretrain_image_size == 0 or d.pretrain_image_size >= 8,
+       f"pretrain_image_size must be 0 or >= 8, got {d.pretrain_image_size}")
+  need(not (d.pretrain_image_size and t.train_mode != "pretrain"),
+       "pretrain_image_size only applies to --train_mode=pretrain, got "
+       f"{d.pretrain_image_size} with --train_mode={t.train_mode}")
   need(0.0 <= d.color_jitter_strength <= 1.25,
        "color_jitter_strength must be in [0, 1.25], got "
        f"{d.color_jitter_strength}")

@@ -37,6 +37,11 @@ def define_flags() -> None:
   flags.DEFINE_string("eval_split", "test", "Evaluation split.")
   flags.DEFINE_integer("image_size", 16, "Input resolution (<=32 selects the "
                        "CIFAR stem and CIFAR-style evaluation with --stem=auto).")
+  flags.DEFINE_integer(
+      "pretrain_image_size", 0,
+      "Side of the pretraining views (random crops are resized to it); 0: "
+      "--image_size. Fine-tuning and evaluation stay at --image_size: the "
+      "encoder is convolutional, and smaller views cost fewer FLOPs per step.")
   flags.DEFINE_float("color_jitter_strength", 0.5, "Colour distortion strength.")
   flags.DEFINE_float(
       "min_crop_area", 0.4,

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tf_simclr import configs
+from tf_simclr.data import pipelines
 from tf_simclr.training import experiment
 
 from conftest import REPO_ROOT
@@ -60,6 +61,31 @@ def test_train_then_eval_writes_results_config_and_checkpoints(tmp_path):
   assert any(l.startswith("final: ") for l in lines)
   events = list((tmp_path / "train").glob("events.out.tfevents.*"))
   assert events
+
+
+def test_pretrain_image_size_shrinks_only_the_pretraining_views(
+    tmp_path, monkeypatch):
+  built = {}
+  for name in ("build_pretrain_dataset", "build_eval_dataset"):
+    original = getattr(pipelines, name)
+
+    def spy(*args, _name=name, _original=original, **kwargs):
+      dataset = _original(*args, **kwargs)
+      built.setdefault(_name, []).append(dataset.element_spec)
+      return dataset
+
+    monkeypatch.setattr(pipelines, name, spy)
+  cfg = tiny_config(tmp_path)
+  cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+      cfg.data, pretrain_image_size=12))
+  results = experiment.run_experiment(cfg, print_fn=lambda _: None)
+  assert results["global_step"] == 4
+  # Training views at 12 px (the view-grid preview is built the same way);
+  # the encoder and the evaluation stay at the 16-px image size.
+  assert {tuple(spec["view1"].shape[1:]) for spec in
+          built["build_pretrain_dataset"]} == {(12, 12, 3)}
+  assert {tuple(spec["image"].shape[1:]) for spec in
+          built["build_eval_dataset"]} == {(16, 16, 3)}
 
 
 class _Interrupt(Exception):

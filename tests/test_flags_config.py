@@ -55,6 +55,9 @@ def test_defaults_resolve_reference_coupling(parse):
     (["--label_fraction=0.1", "--label_subset_file=ids.txt"], "exclusive"),
     (["--memory_size=16", "--nohidden_norm"], "needs --hidden_norm"),
     (["--min_crop_area=0"], "min_crop_area"),
+    (["--pretrain_image_size=4"], "pretrain_image_size must be 0 or >= 8, got 4"),
+    (["--train_mode=supervised", "--pretrain_image_size=24"],
+     "pretrain_image_size only applies to --train_mode=pretrain"),
     (["--recompute_block_groups=5"], "recompute_block_groups must be in"),
 ])
 def test_invalid_flags_raise_value_error_naming_the_flag(parse, args, message):

@@ -79,6 +79,9 @@ class DataConfig:
   train_split: str = "train"
   eval_split: str = "test"
   image_size: int = 32
+  # Side of the pretraining views; 0: image_size. The encoder is fully
+  # convolutional, so smaller views only change the cost per step.
+  pretrain_image_size: int = 0
   color_jitter_strength: float = 1.0
   min_crop_area: float = 0.08
   use_blur: bool = True

@@ -165,7 +165,7 @@ def _view_grid_summary(source, cfg: configs.ExperimentConfig
   """Writes a grid of augmented view pairs now and then."""
   preview = pipelines.build_pretrain_dataset(
       source, cfg.data.train_split, per_replica_batch_size=8,
-      image_size=cfg.data.image_size,
+      image_size=cfg.data.pretrain_image_size or cfg.data.image_size,
       color_jitter_strength=cfg.data.color_jitter_strength,
       min_crop_area=cfg.data.min_crop_area, seed=cfg.data.seed + 1)
   iterator = iter(preview)
@@ -372,16 +372,17 @@ def _training_source(cfg: configs.ExperimentConfig,
 
 
 def _distributed_training_data(cfg, strategy, source, split, start_step,
-                               builder_fn, **kwargs):
+                               builder_fn, image_size=None, **kwargs):
   """A distributed, endless training stream resumed at `start_step`."""
   d, t = cfg.data, cfg.train
+  image_size = image_size or d.image_size
 
   def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
     return builder_fn(
         source, split,
         per_replica_batch_size=context.get_per_replica_batch_size(
             t.train_batch_size),
-        image_size=d.image_size, input_context=context, seed=d.seed,
+        image_size=image_size, input_context=context, seed=d.seed,
         cache=d.cache_dataset,
         # Each input pipeline feeds num_replicas / num_pipelines replicas.
         start_batch=start_step * context.num_replicas_in_sync //
@@ -399,13 +400,15 @@ def _make_trainer(cfg, strategy, model, optimizer, source, train_source,
     dataset = _distributed_training_data(
         cfg, strategy, source, d.train_split, start_step,
         pipelines.build_pretrain_dataset,
+        image_size=d.pretrain_image_size or d.image_size,
         color_jitter_strength=d.color_jitter_strength,
         min_crop_area=d.min_crop_area)
     return pretrain.PretrainTrainer(
         strategy, model, optimizer, dataset,
         optimizer_name=o.optimizer, weight_decay=o.weight_decay,
         temperature=cfg.loss.temperature, hidden_norm=cfg.loss.hidden_norm,
-        blur_image_size=d.image_size if d.use_blur else None,
+        blur_image_size=((d.pretrain_image_size or d.image_size)
+                         if d.use_blur else None),
         seed=d.seed, jit_compile=jit,
         momentum_encoder=memory.get(MOMENTUM_ENCODER),
         negative_queue=memory.get(NEGATIVE_QUEUE),
