@@ -90,6 +90,11 @@ class DataConfig:
   shuffle_buffer_multiplier: int = 0  # 0: the reference's 50 (<=32 px) or 10.
   seed: int = 0
 
+  @property
+  def pretrain_view_size(self) -> int:
+    """Side of the pretraining views actually used."""
+    return self.pretrain_image_size or self.image_size
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:

@@ -165,7 +165,7 @@ def _view_grid_summary(source, cfg: configs.ExperimentConfig
   """Writes a grid of augmented view pairs now and then."""
   preview = pipelines.build_pretrain_dataset(
       source, cfg.data.train_split, per_replica_batch_size=8,
-      image_size=cfg.data.pretrain_image_size or cfg.data.image_size,
+      image_size=cfg.data.pretrain_view_size,
       color_jitter_strength=cfg.data.color_jitter_strength,
       min_crop_area=cfg.data.min_crop_area, seed=cfg.data.seed + 1)
   iterator = iter(preview)
@@ -400,15 +400,14 @@ def _make_trainer(cfg, strategy, model, optimizer, source, train_source,
     dataset = _distributed_training_data(
         cfg, strategy, source, d.train_split, start_step,
         pipelines.build_pretrain_dataset,
-        image_size=d.pretrain_image_size or d.image_size,
+        image_size=d.pretrain_view_size,
         color_jitter_strength=d.color_jitter_strength,
         min_crop_area=d.min_crop_area)
     return pretrain.PretrainTrainer(
         strategy, model, optimizer, dataset,
         optimizer_name=o.optimizer, weight_decay=o.weight_decay,
         temperature=cfg.loss.temperature, hidden_norm=cfg.loss.hidden_norm,
-        blur_image_size=((d.pretrain_image_size or d.image_size)
-                         if d.use_blur else None),
+        blur_image_size=d.pretrain_view_size if d.use_blur else None,
         seed=d.seed, jit_compile=jit,
         momentum_encoder=memory.get(MOMENTUM_ENCODER),
         negative_queue=memory.get(NEGATIVE_QUEUE),
