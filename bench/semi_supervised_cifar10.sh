@@ -15,9 +15,10 @@
 # every run; unset: --fused_batch_norm, the same maths 1.28x faster here;
 # EXTRA_FLAGS= for the default kernel), PRETRAIN_FLAGS (added after the
 # pretraining recipe below, so they override it, e.g. "--min_crop_area=0.08
-# --pretrain_image_size=0" for SimCLR's own crops at 32 px), PARALLEL=1|0 (1: run each fraction's
-# fine-tuning and supervised runs side by side: at batch 64 one run keeps only
-# ~1.6 of the two cores busy, so the pair finishes sooner).
+# --pretrain_image_size=0" for SimCLR's own crops at 32 px), PARALLEL=1|0
+# (1: run each fraction's fine-tuning and supervised runs side by side: at
+# batch 64 one run keeps only ~1.6 of the two cores busy, so the pair finishes
+# sooner).
 # times.txt gets one line per run and one for the whole invocation.
 #   bash bench/semi_supervised_cifar10.sh DATA_DIR [OUT]
 set -euo pipefail
