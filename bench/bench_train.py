@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                  help="training-mode 4-D batch norms through the fused kernel "
                  "(same maths; off, the library default, is the unfused "
                  "Keras graph the original code runs)")
+  p.add_argument("--precision", default="float32",
+                 choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                 help="run.py's --precision")
+  p.add_argument("--steps_per_loop", type=_positive_int, default=1,
+                 help="steps per timed trainer call (run.py's "
+                 "--steps_per_loop); --steps must be a multiple")
   p.add_argument("--recompute_block_groups", type=int, choices=range(5),
                  default=0,
                  help="recompute block groups 1..k in the backward pass")
@@ -280,6 +286,7 @@ def _experiment_config(args, train_mode: str, num_classes: int):
       train=configs.TrainConfig(
           train_mode=train_mode, train_batch_size=args.batch_size,
           train_steps=100_000, distribution=args.distribution,
+          precision=args.precision,
           jit_compile=args.jit_compile,
           fine_tune_after_block=args.fine_tune_after_block, seed=args.seed))
 
@@ -328,6 +335,7 @@ def _build_trainer(args, strategy, source, stage: str, result: dict):
   from tf_simclr.data import pipelines
   from tf_simclr.training import experiment
   from tf_simclr.training import finetune
+  from tf_simclr.training import precision
   from tf_simclr.training import pretrain
 
   replicas = strategy.num_replicas_in_sync
@@ -337,9 +345,10 @@ def _build_trainer(args, strategy, source, stage: str, result: dict):
   schedule = experiment.compute_schedule(cfg, num_train)
   d, t, o = cfg.data, cfg.train, cfg.optimizer
 
-  with strategy.scope():
+  with strategy.scope(), precision.policy_scope(t.precision):
     model = experiment.build_model(cfg, replicas)
-    optimizer = experiment.build_optimizer(cfg, schedule)
+    optimizer = precision.wrap_optimizer(
+        experiment.build_optimizer(cfg, schedule), t.precision)
     memory = (experiment.build_memory_bank(cfg, model, replicas)
               if stage == "pretrain" else {})
   result["fused_batch_norm_layers"] = _count_fused_batch_norms(model)
@@ -431,12 +440,13 @@ def _run_training(args, result: dict) -> None:
   reset = _reset_peak_rss()
   times = []
   losses = []
-  for _ in range(args.steps):
+  per_call = args.steps_per_loop
+  for _ in range(args.steps // per_call):
     start = time.perf_counter()
-    outputs = trainer.train(tf.constant(1, tf.int32))
+    outputs = trainer.train(tf.constant(per_call, tf.int32))
     losses.append(float(outputs[loss_key]))  # Forces completion.
-    times.append(time.perf_counter() - start)
-  total = sum(times)
+    times.append((time.perf_counter() - start) / per_call)
+  total = sum(times) * per_call
   result.update(
       steps_done=int(optimizer.iterations.numpy()),
       seconds_per_step=total / args.steps,
@@ -509,7 +519,8 @@ def _configure_tensorflow(args) -> dict:
 _CONFIG_KEYS = ("stage", "resnet_depth", "width_multiplier", "sk_ratio",
                 "se_ratio", "image_size", "batch_size", "use_blur",
                 "color_jitter_strength", "jit_compile", "memory_size",
-                "fused_bn", "recompute_block_groups", "dataset", "input", "distribution", "steps",
+                "fused_bn", "recompute_block_groups", "precision",
+                "steps_per_loop", "dataset", "input", "distribution", "steps",
                 "warmup_steps", "label")
 
 
@@ -547,6 +558,7 @@ def _describe(result: dict) -> str:
             f"mem={c['memory_size']} blur={'on' if c['use_blur'] else 'off'} "
             f"fused_bn={'on' if c['fused_bn'] else 'off'} "
             f"recompute={c.get('recompute_block_groups', 0)} "
+            f"{c.get('precision', 'float32')} "
             f"{c['dataset']}/{c['input']}")
   steady = result.get("steady_peak_rss_gb")
   line = (f"{what}: {result['images_per_sec']:.2f} images/s, "
@@ -657,6 +669,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = build_parser()
   args = parser.parse_args(argv)
+  if args.steps % args.steps_per_loop:
+    parser.error(f"--steps={args.steps} is not a multiple of "
+                 f"--steps_per_loop={args.steps_per_loop}")
   try:
     if args.compare:
       run_compare(args, argv, parser)

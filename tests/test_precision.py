@@ -89,3 +89,27 @@ def test_mixed_bfloat16_losses_track_float32_over_the_first_steps(tmp_path):
   assert relative.max() < 0.08 and relative.mean() < 0.04, relative
   # bfloat16 really ran: its losses are not float32's to the last bit.
   assert not np.array_equal(bfloat16, float32)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu sse avx2 avx512f", None),
+    ("fpu avx512f avx512_bf16", "CPU avx512_bf16"),
+    ("fpu avx512_bf16 amx_tile amx_bf16", "CPU amx_bf16+avx512_bf16"),
+])
+def test_native_bfloat16_reads_the_cpu_flags(tmp_path, flags, expected):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Test CPU\n"
+                     f"flags\t\t: {flags}\n\nprocessor\t: 1\n")
+  assert precision.native_bfloat16(str(cpuinfo)) == expected
+  assert precision.native_bfloat16(str(tmp_path / "missing")) is None
+
+
+def test_describe_precision_recommends_bfloat16_only_where_native():
+  assert "usually trains faster" in precision.describe_precision(
+      "float32", native="CPU amx_bf16")
+  assert precision.describe_precision("float32", native="") == (
+      "precision float32")
+  assert "emulated" in precision.describe_precision("mixed_bfloat16",
+                                                    native="")
+  assert precision.describe_precision("mixed_bfloat16", use_tpu=True) == (
+      "precision mixed_bfloat16 (native bfloat16: TPU)")

@@ -222,6 +222,8 @@ def run_experiment(cfg: configs.ExperimentConfig,
       f"{replicas} replica(s), global batch {t.train_batch_size}; "
       f"{schedule.total_steps} steps, warm-up {schedule.warmup_steps}, "
       f"checkpoint every {schedule.checkpoint_steps}")
+  print_fn(precision.describe_precision(t.precision,
+                                        use_tpu=t.distribution == "tpu"))
 
   with strategy.scope(), precision.policy_scope(t.precision):
     model = build_model(cfg, replicas)

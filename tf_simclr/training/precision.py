@@ -69,3 +69,54 @@ def unscale_gradients(optimizer, gradients: Sequence[Optional[tf.Tensor]]
   present = [g for g in gradients if g is not None]
   unscaled = iter(optimizer.get_unscaled_gradients(present))
   return [None if g is None else next(unscaled) for g in gradients]
+
+
+_CPU_BFLOAT16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def native_bfloat16(cpuinfo_path: str = "/proc/cpuinfo") -> Optional[str]:
+  """What computes bfloat16 natively on this machine, or None.
+
+  A GPU of compute capability 8.0 or newer does; on a CPU, oneDNN needs AMX
+  or AVX512_BF16 instructions, without which bfloat16 is emulated and is no
+  faster than float32.
+  """
+  for gpu in tf.config.list_physical_devices("GPU"):
+    capability = tf.config.experimental.get_device_details(gpu).get(
+        "compute_capability")
+    if capability and tuple(capability) >= (8, 0):
+      return f"GPU compute capability {capability[0]}.{capability[1]}"
+  try:
+    with open(cpuinfo_path) as f:
+      flags = next((line.split(":", 1)[1].split() for line in f
+                    if line.startswith("flags")), [])
+  except OSError:
+    return None
+  found = [flag for flag in _CPU_BFLOAT16_FLAGS if flag in flags]
+  return f"CPU {'+'.join(found)}" if found else None
+
+
+def describe_precision(precision: str, use_tpu: bool = False,
+                       native: Optional[str] = None) -> str:
+  """One log line: the precision in use and whether the hardware suits it.
+
+  Args:
+    precision: the training precision.
+    use_tpu: TPUs compute in bfloat16 natively.
+    native: `native_bfloat16()`'s answer (looked up when None and needed).
+  """
+  check_precision(precision)
+  if use_tpu:
+    native = "TPU"
+  elif native is None:
+    native = native_bfloat16()
+  if precision == "mixed_bfloat16":
+    if native:
+      return f"precision mixed_bfloat16 (native bfloat16: {native})"
+    return ("precision mixed_bfloat16 without native bfloat16 on this "
+            "machine: emulated, expect no speed-up over float32")
+  if precision == "float32" and native:
+    return (f"precision float32; this machine computes bfloat16 natively "
+            f"({native}), where --precision=mixed_bfloat16 usually trains "
+            "faster")
+  return f"precision {precision}"
