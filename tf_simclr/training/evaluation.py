@@ -15,6 +15,15 @@ TOP_5 = "label_top_5_accuracy"
 EVAL_EXAMPLES = "eval_examples"
 
 
+def _per_replica(fn, jit_compile: bool):
+  """`fn` for `strategy.run`, XLA-compiled separately in each replica.
+
+  One compiled function shared by the replicas would be traced once, on the
+  first replica's device, and keep reading that replica's variables.
+  """
+  return lambda batch: common.maybe_xla(fn, jit_compile)(batch)
+
+
 def evaluate_classifier(strategy: tf.distribute.Strategy,
                         model: keras.Model,
                         distributed_dataset,
@@ -44,17 +53,15 @@ def evaluate_classifier(strategy: tf.distribute.Strategy,
     top5 = keras.metrics.SparseTopKCategoricalAccuracy(k=5)
     count = keras.metrics.Sum(dtype=tf.float32)
 
-  def replica_fn(batch):
+  def update(batch):
     logits = model(batch["image"], training=False)[logits_key]
     top1.update_state(batch["label"], logits, sample_weight=batch["mask"])
     top5.update_state(batch["label"], logits, sample_weight=batch["mask"])
     count.update_state(batch["mask"])
 
-  compiled = common.maybe_xla(replica_fn, jit_compile)
-
   @tf.function
   def step(batch):
-    strategy.run(compiled, args=(batch,))
+    strategy.run(_per_replica(update, jit_compile), args=(batch,))
 
   for i, batch in enumerate(distributed_dataset):
     if 0 <= steps <= i:
@@ -88,15 +95,13 @@ def extract_features(strategy: tf.distribute.Strategy,
     (features [n, d], labels [n]) as NumPy arrays.
   """
 
-  def replica_fn(batch):
+  def forward(batch):
     return (model(batch["image"], training=False)[feature_key],
             batch["label"], batch["mask"])
 
-  compiled = common.maybe_xla(replica_fn, jit_compile)
-
   @tf.function
   def step(batch):
-    outputs = strategy.run(compiled, args=(batch,))
+    outputs = strategy.run(_per_replica(forward, jit_compile), args=(batch,))
     return [strategy.gather(value, axis=0) for value in outputs]
 
   features, labels = [], []
