@@ -2,16 +2,19 @@
 
 TPUStrategy compiles each replica's whole step with XLA. Here every stage's
 `replica_step` (forward, backward, optimizer update, metric and memory-bank
-updates, in-step blur) is compiled with `jit_compile=True` under the default
-strategy and compared with the same step run as a plain graph, from the same
-weights on the same batch. The forward and backward pass that `--jit_compile`
-compiles on one replica is compared for its loss and gradients, and the
-eval and feature steps are compared under one and two replicas.
+updates, in-step blur) is traced once and run twice from the same state on the
+same batch: as a plain graph and compiled with `jit_compile=True`. Its
+statistics, the gradients it applies and every variable afterwards must agree.
+The eval and feature steps are compared under one and two replicas, on a split
+that is not a multiple of the batch.
 
-Tolerances: XLA fuses and reorders float32 reductions (convolutions, batch
-norm statistics, the NT-Xent log-sum-exp), so results differ in the last
-bits; measured worst cases are in the comments. A wrong op (another seed,
-a dropped term, a skipped update) differs by orders of magnitude more.
+Tolerances, relative to the largest magnitude of what is compared: XLA fuses
+and reorders float32 reductions (convolutions, batch-norm statistics, the
+NT-Xent log-sum-exp), so results differ in the last bits. Measured worst
+cases: stats 1.8e-6, all gradients together 6.3e-6 (RTOL = 1e-4); a single
+tensor (a batch-norm gamma gradient summed with cancellation, and the momentum
+slot that holds it) 1.2e-4 (TENSOR_RTOL = 1e-3). As a control, the compiled
+step on slightly different images moves the gradients by more than 1e-2.
 """
 
 import numpy as np
@@ -38,7 +41,7 @@ CLASSES = 4
 MODEL = configs.ModelConfig(resnet_depth=18, width_multiplier=0.0625,
                             global_bn=False)
 HEAD = configs.HeadConfig(proj_out_dim=16, num_classes=CLASSES)
-# Relative to the largest magnitude of each compared tensor.
+# Relative to the largest magnitude of each compared tensor (see above).
 RTOL = 1e-4
 TENSOR_RTOL = 1e-3
 # Ops that would run host-side Python inside a replica function.
@@ -169,8 +172,8 @@ def _check_stage(make, batch):
   every variable is reset in between.
 
   Returns:
-    {what: worst relative difference} and the number of model variables the
-    step changed.
+    {what: worst relative difference}, and how many of the model's variables
+    the step changed out of how many.
   """
   worst = {}
   trainer, model, extra = make()
@@ -229,7 +232,7 @@ def _check_stage(make, batch):
   worst["control (nudged images)"] = control
   assert control > 100 * RTOL
   print({k: f"{v:.1e}" for k, v in worst.items()})
-  return worst, moved
+  return worst, moved, len(model.variables)
 
 
 # ---------------------------------------------------------- training steps
@@ -244,16 +247,16 @@ def _pretrain_batch(seed=0):
 @pytest.mark.parametrize("memory_size", [0, 12])
 def test_pretrain_step_with_blur_compiles_and_matches(memory_size):
   batch = _pretrain_batch()
-  worst, moved = _check_stage(lambda: _pretrainer(memory_size), batch)
-  assert moved > 50
+  _, moved, total = _check_stage(lambda: _pretrainer(memory_size), batch)
+  assert moved > total // 2
 
 
 def test_finetune_step_with_frozen_blocks_compiles_and_matches():
   batch = {"image": tf.constant(_images(np.random.default_rng(1))),
            "label": tf.constant(_labels())}
-  worst, moved = _check_stage(_finetuner, batch)
-  # Blocks 1-2 and the stem are frozen: fewer variables move.
-  assert 0 < moved
+  _, moved, total = _check_stage(_finetuner, batch)
+  # The stem and block groups 1-2 are frozen; their weights stay put.
+  assert 0 < moved < total
 
 
 def test_distill_step_with_labels_compiles_and_matches():
@@ -261,8 +264,8 @@ def test_distill_step_with_labels_compiles_and_matches():
   batch = {part: {"image": tf.constant(_images(rng)),
                   "label": tf.constant(_labels())}
            for part in (distill.UNLABELLED, distill.LABELLED)}
-  worst, moved = _check_stage(_distiller, batch)
-  assert moved > 50
+  _, moved, total = _check_stage(_distiller, batch)
+  assert moved > total // 2
 
 
 # ------------------------------------------------------------------ eval

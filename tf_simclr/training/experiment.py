@@ -401,6 +401,9 @@ def _make_trainer(cfg, strategy, model, optimizer, source, train_source,
   # merge_call there, which a nested tf.function may not contain. TPUStrategy
   # compiles the whole replica step with XLA whatever this says.
   jit = t.jit_compile and strategy.num_replicas_in_sync == 1
+  if t.jit_compile and not jit and t.distribution != "tpu":
+    print_fn(f"--jit_compile: training steps stay uncompiled on "
+             f"{strategy.num_replicas_in_sync} replicas (eval is compiled)")
   if t.train_mode == "pretrain":
     dataset = _distributed_training_data(
         cfg, strategy, source, d.train_split, start_step,
