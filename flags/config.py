@@ -130,6 +130,9 @@ def config_from_flags(flag_values: Any) -> configs.ExperimentConfig:
           distribution=distribution,
           use_tpu=f.use_tpu,
           tpu_name=f.tpu_name,
+          tpu_zone=f.tpu_zone,
+          gcp_project=f.gcp_project,
+          master=f.master,
           jit_compile=f.jit_compile,
           precision=f.precision,
           knn_eval=f.knn_eval,
@@ -210,6 +213,15 @@ def validate(cfg: configs.ExperimentConfig) -> None:
        f"train_batch_size must be >= 1, got {t.train_batch_size}")
   need(t.eval_batch_size >= 1,
        f"eval_batch_size must be >= 1, got {t.eval_batch_size}")
+  for name in ("tpu_zone", "gcp_project", "master"):
+    need(getattr(t, name) is None or t.distribution == "tpu",
+         f"--{name} only applies to --use_tpu, got --{name}="
+         f"{getattr(t, name)} with --distribution={t.distribution}")
+  need(not (t.tpu_name and t.master),
+       f"--tpu_name and --master are exclusive, got {t.tpu_name!r} and "
+       f"{t.master!r}")
+  need(t.master is None or t.master.startswith("grpc://"),
+       f"--master must be a grpc://HOST:PORT address, got {t.master!r}")
   need(t.train_steps > 0 or t.train_epochs > 0,
        "one of train_steps or train_epochs must be > 0, got "
        f"train_steps={t.train_steps}, train_epochs={t.train_epochs}")

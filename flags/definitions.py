@@ -142,11 +142,22 @@ def define_flags() -> None:
                     "tf.distribute strategy (multi_worker reads TF_CONFIG).")
   flags.DEFINE_bool("use_tpu", False, "Shorthand for --distribution=tpu.")
   flags.DEFINE_string("tpu_name", None, "TPU name or address.")
+  flags.DEFINE_string("tpu_zone", None,
+                      "GCE zone of --tpu_name (default: found from the VM's "
+                      "metadata). TPU only.")
+  flags.DEFINE_string("gcp_project", None,
+                      "GCP project of --tpu_name (default: the VM's). TPU "
+                      "only.")
+  flags.DEFINE_string("master", None,
+                      "grpc://HOST:PORT address of the TPU, instead of "
+                      "--tpu_name. TPU only.")
   flags.DEFINE_bool(
       "jit_compile", False,
-      "XLA-compile the per-replica train step (single replica). Off by "
-      "default: on CPU, XLA's convolutions are slower than the default "
-      "kernels (bench/RESULTS.md: 0.60x images/s for R18 pretraining).")
+      "XLA-compile the per-replica forward and backward pass (single "
+      "replica) and the eval and feature steps. On TPU every step is "
+      "XLA-compiled anyway. Off by default: on CPU, XLA's convolutions are "
+      "slower than the default kernels (bench/RESULTS.md: 0.60x images/s for "
+      "R18 pretraining).")
 
   flags.DEFINE_enum(
       "precision", "float32", ("float32", "mixed_bfloat16", "mixed_float16"),

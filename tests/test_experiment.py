@@ -49,6 +49,7 @@ def test_train_then_eval_writes_results_config_and_checkpoints(tmp_path):
   assert results["global_step"] == 4
   assert 0.0 <= results["label_top_1_accuracy"] <= 1.0
   assert results["label_top_5_accuracy"] >= results["label_top_1_accuracy"]
+  assert results["eval_examples"] == 359  # The whole digits test split.
   saved = json.loads((tmp_path / "result.json").read_text())
   assert saved["global_step"] == 4
   assert (tmp_path / "result_4.json").exists()
@@ -135,7 +136,7 @@ def test_resume_continues_at_the_exact_step_and_matches_uninterrupted(
 # does (sync BN, gathered NT-Xent) plus the all-gathered queue.
 @pytest.mark.parametrize("memory_size", [24])
 def test_two_replica_run(tmp_path, two_cpu_strategy, memory_size):
-  cfg = tiny_config(tmp_path, train_steps=2)
+  cfg = tiny_config(tmp_path, train_steps=2, knn_eval=True)
   cfg = dataclasses.replace(
       cfg, model=dataclasses.replace(cfg.model, global_bn=True),
       loss=dataclasses.replace(cfg.loss, memory_size=memory_size))
@@ -143,6 +144,9 @@ def test_two_replica_run(tmp_path, two_cpu_strategy, memory_size):
                                       strategy=two_cpu_strategy)
   assert results["global_step"] == 2
   assert np.isfinite(results["train_total_loss"])
+  # Eval and k-NN features ran on both replicas over padded full batches.
+  assert results["eval_examples"] == 359
+  assert 0.0 < results["knn_top_1_accuracy"] <= 1.0
 
 
 def test_rejects_batch_not_divisible_by_replicas(tmp_path, two_cpu_strategy):

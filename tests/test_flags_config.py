@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+import tensorflow as tf
 from absl import flags as absl_flags
 
 import flags as tf_simclr_flags
@@ -59,6 +60,16 @@ def test_defaults_resolve_reference_coupling(parse):
     (["--train_mode=supervised", "--pretrain_image_size=24"],
      "pretrain_image_size only applies to --train_mode=pretrain"),
     (["--recompute_block_groups=5"], "recompute_block_groups must be in"),
+    (["--tpu_zone=us-central1-a"],
+     "--tpu_zone only applies to --use_tpu, got --tpu_zone=us-central1-a "
+     "with --distribution=mirrored"),
+    (["--gcp_project=p", "--distribution=multi_worker"],
+     "--gcp_project only applies to --use_tpu"),
+    (["--master=grpc://10.0.0.2:8470"], "--master only applies to --use_tpu"),
+    (["--use_tpu", "--tpu_name=t1", "--master=grpc://10.0.0.2:8470"],
+     "--tpu_name and --master are exclusive"),
+    (["--use_tpu", "--master=10.0.0.2:8470"],
+     "--master must be a grpc://HOST:PORT address, got '10.0.0.2:8470'"),
 ])
 def test_invalid_flags_raise_value_error_naming_the_flag(parse, args, message):
   with pytest.raises(ValueError, match=message):
@@ -91,3 +102,39 @@ def test_config_is_frozen():
 def test_unknown_config_key_is_rejected():
   with pytest.raises(ValueError, match="unknown keys"):
     configs.ExperimentConfig.from_dict({"model": {"depth": 50}})
+
+
+def test_tpu_flags_reach_the_config_and_the_cluster_resolver(parse,
+                                                            monkeypatch):
+  cfg = parse("--use_tpu", "--tpu_name=pod-1", "--tpu_zone=europe-west4-a",
+              "--gcp_project=proj-7")
+  t = cfg.train
+  assert (t.distribution, t.tpu_name, t.tpu_zone, t.gcp_project, t.master) == (
+      "tpu", "pod-1", "europe-west4-a", "proj-7", None)
+  assert configs.ExperimentConfig.from_json(cfg.to_json()) == cfg
+  by_address = parse("--distribution=tpu", "--master=grpc://10.0.0.2:8470")
+  assert by_address.train.master == "grpc://10.0.0.2:8470"
+
+  # No TPU here: record what the resolver is asked for, then stop.
+  from tf_simclr.training import strategy as strategy_lib
+  calls = []
+
+  class _Stop(Exception):
+    pass
+
+  def resolver(**kwargs):
+    calls.append(kwargs)
+    raise _Stop
+
+  monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver",
+                      resolver)
+  for c in (cfg, by_address):
+    with pytest.raises(_Stop):
+      strategy_lib.build_strategy(
+          c.train.distribution, c.train.tpu_name, tpu_zone=c.train.tpu_zone,
+          gcp_project=c.train.gcp_project, master=c.train.master)
+  assert calls == [
+      {"tpu": "pod-1", "zone": "europe-west4-a", "project": "proj-7"},
+      {"tpu": "grpc://10.0.0.2:8470", "zone": None, "project": None}]
+  with pytest.raises(ValueError, match="tpu_name or master, not both"):
+    strategy_lib.build_strategy("tpu", "t1", master="grpc://h:1")

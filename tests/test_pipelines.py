@@ -116,27 +116,63 @@ def test_finetune_dataset(digits):
 def test_eval_covers_split_once_in_order(digits):
   dataset = pipelines.build_eval_dataset(
       digits, "test", per_replica_batch_size=50, image_size=8)
-  assert dataset.element_spec["image"].shape.as_list() == [None, 8, 8, 3]
+  # Static shapes: 359 examples become 8 full batches, the last 41 padding.
+  assert dataset.element_spec["image"].shape.as_list() == [50, 8, 8, 3]
   batches = list(dataset.as_numpy_iterator())
-  assert [len(b["label"]) for b in batches] == [50] * 7 + [9]
+  assert [len(b["label"]) for b in batches] == [50] * 8
+  masks = np.concatenate([b["mask"] for b in batches])
+  np.testing.assert_array_equal(masks, [1.0] * 359 + [0.0] * 41)
   images = np.concatenate([b["image"] for b in batches])
   labels = np.concatenate([b["label"] for b in batches])
   raw = list(digits.make_dataset("test").as_numpy_iterator())
-  np.testing.assert_array_equal(labels, [ex["label"] for ex in raw])
+  np.testing.assert_array_equal(labels[:359], [ex["label"] for ex in raw])
   # At the native size eval preprocessing is only the uint8 -> [0, 1] scaling.
   np.testing.assert_allclose(
-      images, np.stack([ex["image"] for ex in raw]) / 255.0, atol=1e-7)
+      images[:359], np.stack([ex["image"] for ex in raw]) / 255.0, atol=1e-7)
+  assert not images[359:].any() and not labels[359:].any()
 
 
 def test_eval_shards_cover_split_once(digits):
   shards = [list(pipelines.build_eval_dataset(
       digits, "test", per_replica_batch_size=64, image_size=8,
       input_context=_context(i)).as_numpy_iterator()) for i in range(2)]
-  sizes = [sum(len(b["label"]) for b in shard) for shard in shards]
+  # Both pipelines run the same number of full steps (ceil(180 / 64) = 3).
+  assert [[len(b["label"]) for b in shard] for shard in shards] == [[64] * 3] * 2
+  sizes = [int(sum(b["mask"].sum() for b in shard)) for shard in shards]
   assert sizes == [180, 179]
-  labels = np.concatenate([b["label"] for shard in shards for b in shard])
+  labels = np.concatenate([b["label"][b["mask"] > 0]
+                           for shard in shards for b in shard])
   np.testing.assert_array_equal(np.bincount(labels),
                                 [36, 36, 35, 37, 36, 36, 36, 36, 35, 36])
+
+
+@pytest.mark.parametrize("pipelines_, replicas, expected", [
+    (1, 1, 360),  # 45 batches of 8 for 359 examples.
+    (1, 2, 368),  # Whole steps: 23 pairs of batches.
+    (2, 2, 184),  # Per pipeline: 180 examples at most, 23 batches.
+    (2, 4, 192),  # 12 steps of 2 batches each.
+])
+def test_eval_padding_target(pipelines_, replicas, expected):
+  context = tf.distribute.InputContext(num_input_pipelines=pipelines_,
+                                       input_pipeline_id=0,
+                                       num_replicas_in_sync=replicas)
+  assert pipelines.eval_padding_target(359, 8, context) == expected
+  assert pipelines.eval_padding_target(359, 8) == 360
+  assert pipelines.eval_padding_target(0, 8) == 8
+
+
+def test_eval_never_cuts_a_shard_larger_than_expected(digits, monkeypatch):
+  # A source sharding by files can hand a pipeline more than its share; it is
+  # padded on to whole steps instead of being cut at the target.
+  monkeypatch.setattr(digits, "num_examples", lambda split: 100)
+  context = tf.distribute.InputContext(num_input_pipelines=1,
+                                       input_pipeline_id=0,
+                                       num_replicas_in_sync=2)
+  batches = list(pipelines.build_eval_dataset(
+      digits, "test", per_replica_batch_size=10, image_size=8,
+      input_context=context).as_numpy_iterator())
+  assert len(batches) == 36  # 359 examples -> 18 steps of 2 x 10.
+  assert sum(b["mask"].sum() for b in batches) == 359
 
 
 def test_eval_resizes_small_images_to_image_size(digits):

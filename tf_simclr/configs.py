@@ -127,6 +127,9 @@ class TrainConfig:
   distribution: str = "mirrored"
   use_tpu: bool = False
   tpu_name: Optional[str] = None
+  tpu_zone: Optional[str] = None
+  gcp_project: Optional[str] = None
+  master: Optional[str] = None  # grpc://HOST:PORT of the TPU.
   jit_compile: bool = False
   precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16.
   knn_eval: bool = False

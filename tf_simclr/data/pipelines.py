@@ -6,8 +6,9 @@ Training pipelines (pretraining and fine-tuning share one skeleton):
   examples -> shuffle -> repeat forever -> augment -> batch (per replica,
   drop_remainder) -> prefetch
 
-Eval pipeline: read (no shuffle) -> preprocess -> batch (drop_remainder=False)
--> prefetch, a single pass.
+Eval pipeline: read (no shuffle) -> preprocess -> pad with masked examples
+(`eval_padding_target`) -> batch (full batches only) -> prefetch, a single
+pass.
 
 Deliberate differences from the reference:
 
@@ -228,6 +229,36 @@ def build_finetune_dataset(
       deterministic=deterministic, start_batch=start_batch)
 
 
+def _replicas_per_pipeline(
+    input_context: Optional[tf.distribute.InputContext]) -> int:
+  if input_context is None:
+    return 1
+  return max(1, input_context.num_replicas_in_sync //
+             input_context.num_input_pipelines)
+
+
+def eval_padding_target(num_examples: int, per_replica_batch_size: int,
+                        input_context: Optional[tf.distribute.InputContext]
+                        = None) -> int:
+  """Examples (real and padding) each eval input pipeline yields.
+
+  Every pipeline yields the same number of full batches, a multiple of the
+  replicas it feeds, so every replica runs every step on a full batch: the
+  step has one static shape and no replica waits for another's partial batch.
+  The count covers a shard of ceil(num_examples / pipelines) examples, the
+  largest a source dealing examples round-robin produces.
+
+  Args:
+    num_examples: examples of the whole split.
+    per_replica_batch_size: examples per replica batch.
+    input_context: the pipeline's context; None for a single pipeline.
+  """
+  pipelines = 1 if input_context is None else input_context.num_input_pipelines
+  group = per_replica_batch_size * _replicas_per_pipeline(input_context)
+  shard = -(-num_examples // pipelines)
+  return max(1, -(-shard // group)) * group
+
+
 def build_eval_dataset(
     source: sources.DataSource,
     split: str,
@@ -236,30 +267,56 @@ def build_eval_dataset(
     image_size: int,
     input_context: Optional[tf.distribute.InputContext] = None
 ) -> tf.data.Dataset:
-  """One pass over a split, in order, with evaluation preprocessing.
+  """One pass over a split, in order, padded to full batches and masked.
+
+  The split's examples come first, each with mask 1; examples with a zero
+  image, label 0 and mask 0 follow until the pipeline holds
+  `eval_padding_target` examples. A shard larger than that (a source sharding
+  by files) is never cut: it is padded on to the next multiple of
+  per_replica_batch_size x the replicas the pipeline feeds. Metrics weight by
+  the mask, so every example counts exactly once under any number of replicas.
 
   Args:
     source: where the examples come from.
     split: split to read.
-    per_replica_batch_size: examples per batch; the last batch may be smaller.
+    per_replica_batch_size: examples per batch; every batch is full.
     image_size: side length of the square images.
     input_context: reads only this input pipeline's shard when given.
 
   Returns:
-    A dataset of {"image": float32 [<=b, S, S, 3], "label": int32 [<=b]}.
+    A dataset of {"image": float32 [b, S, S, 3], "label": int32 [b],
+    "mask": float32 [b]} (1 for a split example, 0 for padding).
   """
   _check_positive_int("per_replica_batch_size", per_replica_batch_size)
   _check_positive_int("image_size", image_size)
   preprocess = augment.build_eval_preprocess(image_size)
+  target = eval_padding_target(source.num_examples(split),
+                               per_replica_batch_size, input_context)
+  group = per_replica_batch_size * _replicas_per_pipeline(input_context)
 
   def prepare(example):
-    return preprocess(_image_and_label(example))
+    prepared = preprocess(_image_and_label(example))
+    prepared["mask"] = tf.constant(1.0)
+    return prepared
 
   dataset = source.make_dataset(split, shuffle_files=False,
                                 input_context=input_context)
   dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
                         deterministic=True)
-  dataset = dataset.batch(per_replica_batch_size, drop_remainder=False)
+  padding = tf.data.Dataset.from_tensors({
+      "image": tf.zeros([image_size, image_size, 3], tf.float32),
+      "label": tf.constant(0, tf.int32),
+      "mask": tf.constant(0.0)}).repeat()
+
+  def keep(position, example):
+    # Padding stops at the first padding example at or past the target that
+    # starts a new group of full batches.
+    return ((position < target) | (example["mask"] > 0) |
+            (position % group != 0))
+
+  dataset = (dataset.concatenate(padding).enumerate().take_while(keep)
+             .map(lambda position, example: example))
+  dataset = dataset.batch(per_replica_batch_size, drop_remainder=True)
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 

@@ -38,11 +38,13 @@ def maybe_xla(fn: Callable, jit_compile: bool) -> Callable:
 
   A nested tf.function is only safe (and only useful) when XLA-compiled:
   uncompiled, batch norm's moving-average updates inside it hit merge_call
-  under MirroredStrategy.
+  under MirroredStrategy. Compiled, it still may not hold a cross-replica op
+  (NT-Xent's gather, synchronised batch norm, gradient aggregation) under
+  MirroredStrategy on CPUs, so training steps use it on one replica only.
 
   Args:
-    fn: the per-replica forward and backward pass.
-    jit_compile: compile it with XLA (single replica only).
+    fn: a per-replica function (a forward and backward pass, an eval step).
+    jit_compile: compile it with XLA.
   """
   return tf.function(fn, jit_compile=True) if jit_compile else fn
 

@@ -321,14 +321,16 @@ class DistillTrainer(orbit.StandardTrainer):
   def train_loop_begin(self):
     common.reset_metrics(self.metrics)
 
-  def train_step(self, iterator):
-    def replica_step(batch):
-      gradients, stats = self._forward_backward(batch)
-      stats[common.GRADIENT_NORM] = common.apply_gradients(
-          self.optimizer, gradients, self.student.trainable_variables)
-      common.update_metrics(self.metrics, stats)
+  def replica_step(self, batch) -> dict[str, tf.Tensor]:
+    """One replica's whole step (what `strategy.run` runs); returns its stats."""
+    gradients, stats = self._forward_backward(batch)
+    stats[common.GRADIENT_NORM] = common.apply_gradients(
+        self.optimizer, gradients, self.student.trainable_variables)
+    common.update_metrics(self.metrics, stats)
+    return stats
 
-    self.strategy.run(replica_step,
+  def train_step(self, iterator):
+    self.strategy.run(self.replica_step,
                       args=(tf.nest.map_structure(next, iterator),))
 
   def train_loop_end(self):

@@ -8,55 +8,108 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_simclr.training import common
+
 TOP_1 = "label_top_1_accuracy"
 TOP_5 = "label_top_5_accuracy"
+EVAL_EXAMPLES = "eval_examples"
+
+
+def _per_replica(fn, jit_compile: bool):
+  """`fn` for `strategy.run`, XLA-compiled separately in each replica.
+
+  One compiled function shared by the replicas would be traced once, on the
+  first replica's device, and keep reading that replica's variables.
+  """
+  return lambda batch: common.maybe_xla(fn, jit_compile)(batch)
 
 
 def evaluate_classifier(strategy: tf.distribute.Strategy,
                         model: keras.Model,
                         distributed_dataset,
                         logits_key: str,
-                        steps: int = -1) -> dict[str, float]:
+                        steps: int = -1,
+                        jit_compile: bool = False) -> dict:
   """Top-1/top-5 of `model(...)[logits_key]` over a distributed eval dataset.
+
+  Each example is weighted by its mask, so padding (see
+  `pipelines.build_eval_dataset`) is never counted.
 
   Args:
     strategy: the strategy the model lives in.
     model: returns a dict holding `logits_key`.
-    distributed_dataset: elements {"image", "label"}, one pass.
+    distributed_dataset: elements {"image", "label", "mask"}, one pass.
     logits_key: output key of the classifier logits.
     steps: number of batches, -1 for the whole dataset.
+    jit_compile: XLA-compile the per-replica step. Safe under any number of
+      replicas: the step has no cross-replica op (metrics are per replica
+      until read).
+
+  Returns:
+    {TOP_1: float, TOP_5: float, EVAL_EXAMPLES: int examples counted}.
   """
   with strategy.scope():
     top1 = keras.metrics.SparseCategoricalAccuracy()
     top5 = keras.metrics.SparseTopKCategoricalAccuracy(k=5)
+    count = keras.metrics.Sum(dtype=tf.float32)
+
+  def update(batch):
+    logits = model(batch["image"], training=False)[logits_key]
+    top1.update_state(batch["label"], logits, sample_weight=batch["mask"])
+    top5.update_state(batch["label"], logits, sample_weight=batch["mask"])
+    count.update_state(batch["mask"])
 
   @tf.function
   def step(batch):
-    def replica_fn(b):
-      logits = model(b["image"], training=False)[logits_key]
-      top1.update_state(b["label"], logits)
-      top5.update_state(b["label"], logits)
-    strategy.run(replica_fn, args=(batch,))
+    strategy.run(_per_replica(update, jit_compile), args=(batch,))
 
   for i, batch in enumerate(distributed_dataset):
     if 0 <= steps <= i:
       break
     step(batch)
-  return {TOP_1: float(top1.result()), TOP_5: float(top5.result())}
+  return {TOP_1: float(top1.result()), TOP_5: float(top5.result()),
+          EVAL_EXAMPLES: int(round(float(count.result())))}
 
 
-def extract_features(model: keras.Model, dataset: tf.data.Dataset,
-                     feature_key: str) -> tuple[np.ndarray, np.ndarray]:
-  """Inference-mode features and labels for every element of `dataset`."""
+def extract_features(strategy: tf.distribute.Strategy,
+                     model: keras.Model,
+                     distributed_dataset,
+                     feature_key: str,
+                     jit_compile: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Inference-mode features and labels of every (unmasked) example.
+
+  Each replica computes its batch's features under `strategy.run`; the
+  replicas' outputs are gathered in replica order, which for one input
+  pipeline is the dataset's order, and padding is dropped by its mask.
+
+  Args:
+    strategy: the strategy the model lives in.
+    model: `model(images, training=False)` returns a dict with `feature_key`.
+    distributed_dataset: elements {"image", "label", "mask"}, one pass
+      (`pipelines.build_eval_dataset` through the strategy).
+    feature_key: output key of the features.
+    jit_compile: XLA-compile the per-replica forward pass.
+
+  Returns:
+    (features [n, d], labels [n]) as NumPy arrays.
+  """
+
+  def forward(batch):
+    return (model(batch["image"], training=False)[feature_key],
+            batch["label"], batch["mask"])
 
   @tf.function
-  def features_of(images):
-    return model(images, training=False)[feature_key]
+  def step(batch):
+    outputs = strategy.run(_per_replica(forward, jit_compile), args=(batch,))
+    return [strategy.gather(value, axis=0) for value in outputs]
 
   features, labels = [], []
-  for batch in dataset:
-    features.append(features_of(batch["image"]).numpy())
-    labels.append(batch["label"].numpy())
+  for batch in distributed_dataset:
+    batch_features, batch_labels, mask = (v.numpy() for v in step(batch))
+    keep = mask > 0
+    features.append(batch_features[keep])
+    labels.append(batch_labels[keep])
   return np.concatenate(features), np.concatenate(labels)
 
 

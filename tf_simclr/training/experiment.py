@@ -195,8 +195,9 @@ def run_experiment(cfg: configs.ExperimentConfig,
   if t.mode == "export":
     return export_from_checkpoint(cfg, print_fn)
   keras.utils.set_random_seed(t.seed)
-  strategy = strategy or strategy_lib.build_strategy(t.distribution,
-                                                     t.tpu_name)
+  strategy = strategy or strategy_lib.build_strategy(
+      t.distribution, t.tpu_name, tpu_zone=t.tpu_zone,
+      gcp_project=t.gcp_project, master=t.master)
   replicas = strategy.num_replicas_in_sync
   chief = strategy_lib.is_chief(strategy)
   strategy_lib.check_global_batch(t.train_batch_size, strategy)
@@ -397,7 +398,14 @@ def _make_trainer(cfg, strategy, model, optimizer, source, train_source,
                   train_split, memory, print_fn):
   d, t, o = cfg.data, cfg.train, cfg.optimizer
   start_step = int(optimizer.iterations.numpy())
+  # The nested XLA function cannot hold a cross-replica op (NT-Xent's
+  # gather, synchronised BN) under MirroredStrategy on CPUs: TF keeps its
+  # merge_call there, which a nested tf.function may not contain. TPUStrategy
+  # compiles the whole replica step with XLA whatever this says.
   jit = t.jit_compile and strategy.num_replicas_in_sync == 1
+  if t.jit_compile and not jit and t.distribution != "tpu":
+    print_fn(f"--jit_compile: training steps stay uncompiled on "
+             f"{strategy.num_replicas_in_sync} replicas (eval is compiled)")
   if t.train_mode == "pretrain":
     dataset = _distributed_training_data(
         cfg, strategy, source, d.train_split, start_step,
@@ -483,28 +491,34 @@ def _evaluate(cfg, strategy, model, source) -> dict:
   d, t = cfg.data, cfg.train
   results: dict = {}
   eval_batches = t.eval_steps or -1
-  if model.supervised_head is not None:
-    dataset = strategy.distribute_datasets_from_function(
+
+  def eval_data(split):
+    # Padded, masked full batches: static shapes on every replica.
+    return strategy.distribute_datasets_from_function(
         lambda ctx: pipelines.build_eval_dataset(
-            source, d.eval_split,
+            source, split,
             per_replica_batch_size=ctx.get_per_replica_batch_size(
                 t.eval_batch_size),
             image_size=d.image_size, input_context=ctx))
+
+  if model.supervised_head is not None:
+    dataset = eval_data(d.eval_split)
     results.update(evaluation.evaluate_classifier(
-        strategy, model, dataset, simclr_model.LOGITS_SUP, eval_batches))
+        strategy, model, dataset, simclr_model.LOGITS_SUP, eval_batches,
+        jit_compile=t.jit_compile))
     if t.train_mode == "distill" and t.teacher_checkpoint:
       teacher = distill.load_teacher(t.teacher_checkpoint, strategy,
                                      print_fn=lambda _: None)
       teacher_results = evaluation.evaluate_classifier(
-          strategy, teacher, dataset, simclr_model.LOGITS_SUP, eval_batches)
+          strategy, teacher, dataset, simclr_model.LOGITS_SUP, eval_batches,
+          jit_compile=t.jit_compile)
       results.update({f"teacher_{k}": v for k, v in teacher_results.items()})
 
   if t.knn_eval or t.probe_label_fractions:
     def features(split, encoder):
-      ds = pipelines.build_eval_dataset(
-          source, split, per_replica_batch_size=t.eval_batch_size,
-          image_size=d.image_size)
-      return evaluation.extract_features(encoder, ds, resnet.FINAL_AVG_POOL)
+      return evaluation.extract_features(
+          strategy, encoder, eval_data(split), resnet.FINAL_AVG_POOL,
+          jit_compile=t.jit_compile)
 
     train_x, train_y = features(d.train_split, model)
     test_x, test_y = features(d.eval_split, model)

@@ -141,27 +141,29 @@ class PretrainTrainer(orbit.StandardTrainer):
   def train_loop_begin(self):
     common.reset_metrics(self.metrics)
 
-  def train_step(self, iterator):
-    def replica_step(batch):
-      view1, view2 = batch["view1"], batch["view2"]
-      if self.blur_image_size:
-        view1, view2 = self._blur_views(view1, view2)
-      images = tf.concat([view1, view2], 0)
-      if self.negative_queue is not None:
-        # Keys and negatives are read before this step changes either.
-        keys = self.momentum_encoder.compute_keys(view1)
-        gradients, stats = self._forward_backward(
-            images, batch["label"], self.negative_queue.negatives())
-      else:
-        gradients, stats = self._forward_backward(images, batch["label"])
-      stats[common.GRADIENT_NORM] = common.apply_gradients(
-          self.optimizer, gradients, self.model.trainable_variables)
-      if self.negative_queue is not None:
-        self.negative_queue.enqueue(keys)
-        self.momentum_encoder.update(self.model, self.memory_momentum)
-      common.update_metrics(self.metrics, stats)
+  def replica_step(self, batch) -> dict[str, tf.Tensor]:
+    """One replica's whole step (what `strategy.run` runs); returns its stats."""
+    view1, view2 = batch["view1"], batch["view2"]
+    if self.blur_image_size:
+      view1, view2 = self._blur_views(view1, view2)
+    images = tf.concat([view1, view2], 0)
+    if self.negative_queue is not None:
+      # Keys and negatives are read before this step changes either.
+      keys = self.momentum_encoder.compute_keys(view1)
+      gradients, stats = self._forward_backward(
+          images, batch["label"], self.negative_queue.negatives())
+    else:
+      gradients, stats = self._forward_backward(images, batch["label"])
+    stats[common.GRADIENT_NORM] = common.apply_gradients(
+        self.optimizer, gradients, self.model.trainable_variables)
+    if self.negative_queue is not None:
+      self.negative_queue.enqueue(keys)
+      self.momentum_encoder.update(self.model, self.memory_momentum)
+    common.update_metrics(self.metrics, stats)
+    return stats
 
-    self.strategy.run(replica_step, args=(next(iterator),))
+  def train_step(self, iterator):
+    self.strategy.run(self.replica_step, args=(next(iterator),))
 
   def train_loop_end(self):
     results = common.metric_results(

@@ -12,15 +12,23 @@ DISTRIBUTIONS = ("mirrored", "multi_worker", "one_device", "tpu")
 
 
 def build_strategy(distribution: str = "mirrored",
-                   tpu_name: Optional[str] = None) -> tf.distribute.Strategy:
+                   tpu_name: Optional[str] = None,
+                   *,
+                   tpu_zone: Optional[str] = None,
+                   gcp_project: Optional[str] = None,
+                   master: Optional[str] = None) -> tf.distribute.Strategy:
   """Returns the strategy for `distribution`.
 
   Args:
     distribution: 'mirrored' (all local GPUs, else the CPU), 'multi_worker'
       (MultiWorkerMirroredStrategy configured from the TF_CONFIG environment
       variable), 'one_device' (first GPU or the CPU) or 'tpu'.
-    tpu_name: TPU name or grpc address for 'tpu'; None uses the environment's
-      default resolver (e.g. on a Cloud TPU VM).
+    tpu_name: TPU name or grpc address for 'tpu'; None (and no `master`)
+      uses the environment's default resolver (e.g. on a Cloud TPU VM).
+    tpu_zone: GCE zone of the TPU named by `tpu_name`; None lets the resolver
+      find it from the VM's metadata.
+    gcp_project: GCP project of the TPU; None: the VM's project.
+    master: grpc://HOST:PORT address of the TPU, instead of `tpu_name`.
 
   Raises:
     ValueError: for an unknown distribution or a missing/invalid TF_CONFIG.
@@ -42,8 +50,12 @@ def build_strategy(distribution: str = "mirrored",
       raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
     return tf.distribute.MultiWorkerMirroredStrategy()
   if distribution == "tpu":
+    if tpu_name and master:
+      raise ValueError(
+          f"give tpu_name or master, not both; got tpu_name={tpu_name!r} and "
+          f"master={master!r}")
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-        tpu=tpu_name or "")
+        tpu=tpu_name or master or "", zone=tpu_zone, project=gcp_project)
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
