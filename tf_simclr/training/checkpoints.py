@@ -10,7 +10,7 @@ import tf_keras as keras
 
 
 def is_saved_model_dir(path: str) -> bool:
-  return os.path.isdir(path) and os.path.exists(
+  return tf.io.gfile.isdir(path) and tf.io.gfile.exists(
       os.path.join(path, "saved_model.pb"))
 
 
@@ -20,7 +20,7 @@ def resolve_checkpoint_prefix(path: str) -> str:
   Raises:
     ValueError: if nothing restorable is found at `path`.
   """
-  if os.path.isdir(path):
+  if tf.io.gfile.isdir(path):
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
       raise ValueError(
