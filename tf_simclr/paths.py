@@ -69,3 +69,13 @@ def remove_tree(directory: str) -> None:
   except tf.errors.NotFoundError:
     if list_files(directory):
       raise
+
+
+def checkpoint_reader(prefix: str):
+  """`tf.train.load_checkpoint` for a checkpoint prefix already resolved.
+
+  load_checkpoint first asks whether its argument is a directory, and
+  ram:// says yes for any prefix of a file name ("ckpt-4" of
+  "ckpt-4.index").
+  """
+  return tf.compat.v1.train.NewCheckpointReader(prefix)

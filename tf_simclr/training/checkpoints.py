@@ -20,6 +20,10 @@ def resolve_checkpoint_prefix(path: str) -> str:
   Raises:
     ValueError: if nothing restorable is found at `path`.
   """
+  # The prefix test comes first: ram:// calls "ckpt-4" a directory when
+  # "ckpt-4.index" exists.
+  if tf.io.gfile.exists(path + ".index"):
+    return path
   if tf.io.gfile.isdir(path):
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
@@ -27,8 +31,6 @@ def resolve_checkpoint_prefix(path: str) -> str:
           f"checkpoint directory {path!r} holds no tf_simclr checkpoint "
           "(no 'checkpoint' index file) and no saved_model.pb")
     return latest
-  if tf.io.gfile.exists(path + ".index"):
-    return path
   raise ValueError(
       f"checkpoint {path!r} is neither a checkpoint prefix (no {path}.index), "
       "a directory of checkpoints, nor a SavedModel directory")
