@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 
 import numpy as np
 import pytest
@@ -651,6 +652,42 @@ def test_replace_directory_swaps_whole_directories(tmp_path):
   os.makedirs(staging)
   serving.replace_directory(staging, str(tmp_path / "8"))
   assert sorted(os.listdir(tmp_path)) == ["7", "8"]
+
+
+def _write(path, text):
+  tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write(text)
+
+
+def test_replace_directory_on_an_object_store_copies_saved_model_pb_last(
+    monkeypatch):
+  # ram:// renames no directory (like gs://, which renames object by
+  # object): the version is copied, and becomes loadable only at the end.
+  base = f"ram://replace_{uuid.uuid4().hex}"
+  target = f"{base}/7"
+  for name in ("saved_model.pb", "variables/variables.index", "old.txt"):
+    _write(f"{target}/{name}", "old")
+  staging = serving.temporary_sibling(target)
+  for name in ("saved_model.pb", "variables/variables.index",
+               "variables/variables.data-00000-of-00001", "zzz.pb"):
+    _write(f"{staging}/{name}", "new " + name)
+  events = []
+  copy, remove = tf.io.gfile.copy, tf.io.gfile.remove
+  monkeypatch.setattr(tf.io.gfile, "copy", lambda a, b, overwrite=False: (
+      events.append(("copy", b[len(target) + 1:])), copy(a, b, overwrite)))
+  monkeypatch.setattr(tf.io.gfile, "remove", lambda path: (
+      events.append(("remove", path[len(target) + 1:])), remove(path)))
+  serving.replace_directory(staging, target)
+  # The old version stops being a SavedModel before it is taken apart.
+  assert events[0] == ("remove", "saved_model.pb")
+  copied = [name for kind, name in events if kind == "copy"]
+  assert copied[-1] == "saved_model.pb" and len(copied) == 4
+  assert tf.io.gfile.listdir(base) == ["7"]
+  assert sorted(tf.io.gfile.listdir(target)) == ["saved_model.pb",
+                                                 "variables", "zzz.pb"]
+  with tf.io.gfile.GFile(f"{target}/variables/variables.index") as f:
+    assert f.read() == "new variables/variables.index"
 
 
 @dataclasses.dataclass(frozen=True)

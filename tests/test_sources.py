@@ -193,6 +193,37 @@ def test_image_folder_shards_and_shuffle(folder):
   assert sorted(first) == sorted(shards[0] + shards[1])
 
 
+def test_image_folder_lists_each_folder_once_per_source(folder, monkeypatch):
+  # On an object store every listing is a request: a split is listed when
+  # first used, never again for later epochs or datasets.
+  root, _ = folder
+  listed, opened = [], []
+  listdir, gfile = tf.io.gfile.listdir, tf.io.gfile.GFile
+
+  def counting_listdir(path):
+    listed.append(os.path.relpath(path, root))
+    return listdir(path)
+
+  def counting_gfile(path, *args, **kwargs):
+    opened.append(os.path.relpath(path, root))
+    return gfile(path, *args, **kwargs)
+
+  monkeypatch.setattr(tf.io.gfile, "listdir", counting_listdir)
+  monkeypatch.setattr(tf.io.gfile, "GFile", counting_gfile)
+  source = sources.get_source("image_folder", str(root))
+  for _ in range(2):
+    assert source.num_examples("train") == 5
+    source.example_index("train")
+    epochs = source.make_dataset("train", shuffle_files=True, seed=3)
+    assert len(_ids(epochs.repeat(3))) == 15
+  assert sorted(listed) == [".", "train", "train", "train/ant", "train/cat",
+                            "train/dog"]
+  # One signature read per image file, the first time the split is listed.
+  assert sorted(opened) == ["train/ant/a0.png", "train/cat/c0.png",
+                            "train/cat/c1.JPEG", "train/dog/d0.jpg",
+                            "train/dog/d1.PNG"]
+
+
 def test_image_folder_rejects_file_without_image_signature(folder):
   root, _ = folder
   (root / "train" / "cat" / "x.jpg").write_bytes(b"garbage, not a JPEG")

@@ -238,16 +238,29 @@ class DigitsSource(DataSource):
 
 
 def _visible_subdirs(path: str) -> list[str]:
-  with os.scandir(path) as entries:
-    return sorted(e.name for e in entries
-                  if e.is_dir() and not e.name.startswith("."))
+  names = []
+  for name in tf.io.gfile.listdir(path):
+    # Object stores mark sub-directories with a trailing slash; a local
+    # listing needs one stat per entry (splits and classes only).
+    if name.endswith("/") or tf.io.gfile.isdir(os.path.join(path, name)):
+      name = name.rstrip("/")
+      if not name.startswith("."):
+        names.append(name)
+  return sorted(names)
+
+
+def _image_files(path: str) -> list[str]:
+  """Names in `path` with an image extension, sorted, without a stat each."""
+  # A directory with an image extension fails the signature check later.
+  return sorted(name for name in tf.io.gfile.listdir(path)
+                if name.lower().endswith(IMAGE_EXTENSIONS))
 
 
 def _has_image_signature(path: str) -> bool:
   try:
-    with open(path, "rb") as f:
+    with tf.io.gfile.GFile(path, "rb") as f:
       head = f.read(len(_PNG_MAGIC))
-  except OSError:
+  except (OSError, tf.errors.OpError):
     return False
   return head.startswith(_JPEG_MAGIC) or head.startswith(_PNG_MAGIC)
 
@@ -279,7 +292,7 @@ class ImageFolderSource(DataSource):
           f"data_dir must name the image folder root for dataset "
           f"{IMAGE_FOLDER!r}, got {root!r}")
     root = os.fspath(root)
-    if not os.path.isdir(root):
+    if not tf.io.gfile.isdir(root):
       raise ValueError(
           f"data_dir {root!r} is not an existing directory; dataset "
           f"{IMAGE_FOLDER!r} expects data_dir/<split>/<class>/<image files>")
@@ -313,16 +326,15 @@ class ImageFolderSource(DataSource):
     if split in self._listings:
       return self._listings[split]
     split_dir = os.path.join(self.root, split)
-    unknown = sorted(set(_visible_subdirs(split_dir)) - set(self._class_ids))
+    class_dirs = _visible_subdirs(split_dir)
+    unknown = sorted(set(class_dirs) - set(self._class_ids))
     if unknown:
       raise ValueError(
           f"split {split!r} of {self.root!r} has class folders {unknown} that "
           f"the train split lacks; known classes: {list(self.class_names)}")
     relpaths, labels = [], []
-    for class_name in _visible_subdirs(split_dir):
-      with os.scandir(os.path.join(split_dir, class_name)) as entries:
-        names = sorted(e.name for e in entries if e.is_file() and
-                       e.name.lower().endswith(IMAGE_EXTENSIONS))
+    for class_name in class_dirs:
+      names = _image_files(os.path.join(split_dir, class_name))
       relpaths.extend(f"{split}/{class_name}/{n}" for n in names)
       labels.extend([self._class_ids[class_name]] * len(names))
     if not relpaths:

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import os
 import tarfile
-import tempfile
 from typing import Any, Mapping
 
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_simclr import paths
 from tf_simclr.export import model_card
 from tf_simclr.export import serving
 
@@ -80,12 +80,9 @@ class HubModule(tf.__internal__.tracking.AutoTrackable):
         function.get_concrete_function(spec, training)
 
 
-def _is_local(path: str) -> bool:
-  return "://" not in path
-
-
-def _write_tar(entries: list[tuple[str, str]], path: str) -> None:
-  with tarfile.open(path, "w:gz", compresslevel=ARCHIVE_COMPRESSLEVEL) as tar:
+def _write_tar(entries: list[tuple[str, str]], fileobj) -> None:
+  with tarfile.open(fileobj=fileobj, mode="w:gz",
+                    compresslevel=ARCHIVE_COMPRESSLEVEL) as tar:
     for arcname, source in entries:
       info = tarfile.TarInfo(arcname)
       info.size = tf.io.gfile.stat(source).length
@@ -99,29 +96,21 @@ def _write_tar(entries: list[tuple[str, str]], path: str) -> None:
 def write_archive(module_dir: str, archive_path: str) -> str:
   """Packs the files of `module_dir`, sorted, at the root of a .tar.gz.
 
-  The archive is compressed on local disk (gzip through a remote-file
-  stream is very slow) and then moved or copied into place.
+  The archive is written under a hidden temporary name next to
+  `archive_path` and renamed: a single file, so readers see the old archive
+  or the complete new one (gs:// publishes an object only once it is
+  complete; the rename is a server-side copy there).
   """
-  module_dir = os.fspath(module_dir)
-  entries = []
-  for root, _, names in tf.io.gfile.walk(module_dir):
-    for name in names:
-      path = os.path.join(root, name)
-      entries.append((os.path.relpath(path, module_dir), path))
-  entries.sort()
-  if _is_local(archive_path):
-    staging = serving.temporary_sibling(archive_path)
-    try:
-      _write_tar(entries, staging)
-      os.replace(staging, archive_path)
-    finally:
-      if os.path.exists(staging):
-        os.remove(staging)
-  else:
-    with tempfile.TemporaryDirectory() as local_dir:
-      local = os.path.join(local_dir, os.path.basename(archive_path))
-      _write_tar(entries, local)
-      tf.io.gfile.copy(local, archive_path, overwrite=True)
+  entries = [(name, os.path.join(module_dir, name))
+             for name in paths.list_files(module_dir)]
+  staging = serving.temporary_sibling(archive_path)
+  try:
+    with tf.io.gfile.GFile(staging, "wb") as f:
+      _write_tar(entries, f)
+    tf.io.gfile.rename(staging, archive_path, overwrite=True)
+  finally:
+    if tf.io.gfile.exists(staging):
+      tf.io.gfile.remove(staging)
   return archive_path
 
 
@@ -180,7 +169,7 @@ def export_hub(model: keras.Model,
       "architecture": architecture,
   })
 
-  parent = os.path.dirname(hub_dir)
+  parent, _ = paths.split(hub_dir)
   if parent:
     tf.io.gfile.makedirs(parent)
   staging = serving.temporary_sibling(hub_dir)
@@ -193,7 +182,7 @@ def export_hub(model: keras.Model,
     serving.replace_directory(staging, hub_dir)
   finally:
     if tf.io.gfile.exists(staging):
-      tf.io.gfile.rmtree(staging)
+      paths.remove_tree(staging)
 
   if archive:
     write_archive(hub_dir, archive_path)

@@ -21,6 +21,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from tf_simclr import configs
+from tf_simclr import paths
 from tf_simclr.models import builder
 from tf_simclr.models import heads
 from tf_simclr.models import layers as layers_lib
@@ -73,6 +74,10 @@ def checkpoint_prefix(path: Any) -> str:
     The prefix to pass to `tf.train.load_checkpoint`.
   """
   path = os.fspath(path)
+  # A prefix first: ram:// calls "ckpt-4" a directory when "ckpt-4.index"
+  # exists.
+  if tf.io.gfile.exists(path + ".index"):
+    return path
   if tf.io.gfile.isdir(path):
     saved_model_prefix = os.path.join(path, "variables", "variables")
     if tf.io.gfile.exists(saved_model_prefix + ".index"):
@@ -80,8 +85,6 @@ def checkpoint_prefix(path: Any) -> str:
     latest = tf.train.latest_checkpoint(path)
     if latest:
       return latest
-  elif tf.io.gfile.exists(path + ".index"):
-    return path
   raise ValueError(
       "path must be a SavedModel directory, a checkpoint prefix or a "
       f"directory with a checkpoint, got {path!r}")
@@ -106,14 +109,14 @@ def read_reference_object_graph(path: Any) -> dict[str, str]:
     key}, including non-model entries of training checkpoints (e.g.
     'global_step').
   """
-  reader = tf.train.load_checkpoint(checkpoint_prefix(path))
+  reader = paths.checkpoint_reader(checkpoint_prefix(path))
   if not reader.has_tensor(OBJECT_GRAPH_KEY):
     raise ValueError(
         f"path must hold an object-based checkpoint ({OBJECT_GRAPH_KEY} "
         f"missing), got {os.fspath(path)!r}")
   graph = trackable_object_graph_pb2.TrackableObjectGraph()
   graph.ParseFromString(reader.get_tensor(OBJECT_GRAPH_KEY))
-  paths = {}
+  keys = {}
   queue = collections.deque([(0, ())])
   visited = {0}
   while queue:
@@ -121,13 +124,13 @@ def read_reference_object_graph(path: Any) -> dict[str, str]:
     node = graph.nodes[node_id]
     for attribute in node.attributes:
       if attribute.name == "VARIABLE_VALUE":
-        paths["/".join(node_path)] = attribute.checkpoint_key
+        keys["/".join(node_path)] = attribute.checkpoint_key
     for child in node.children:
       if _is_helper_edge(child.local_name) or child.node_id in visited:
         continue
       visited.add(child.node_id)
       queue.append((child.node_id, node_path + (child.local_name,)))
-  return paths
+  return keys
 
 
 def _strip_suffix(path: str) -> str:
@@ -422,7 +425,7 @@ def load_reference_weights_into(model: simclr_model.SimCLRModel,
   prefix = checkpoint_prefix(path)
   reference = {p: k for p, k in read_reference_object_graph(prefix).items()
                if p.startswith(_MODEL)}
-  reader = tf.train.load_checkpoint(prefix)
+  reader = paths.checkpoint_reader(prefix)
   reference_shapes = reader.get_variable_to_shape_map()
   if not include_supervised_head:
     reference = {p: k for p, k in reference.items()
@@ -498,7 +501,7 @@ def load_reference_saved_model(path: Any, **architecture: Any
         f"architecture arguments must be among {ARCHITECTURE_KEYS}, got "
         f"{unknown}")
   prefix = checkpoint_prefix(path)
-  reader = tf.train.load_checkpoint(prefix)
+  reader = paths.checkpoint_reader(prefix)
   shapes = reader.get_variable_to_shape_map()
   paths_to_shapes = {
       p: shapes[k] for p, k in read_reference_object_graph(prefix).items()

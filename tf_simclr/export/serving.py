@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import tensorflow as tf
 import tf_keras as keras
 
+from tf_simclr import paths
 from tf_simclr.data import augment
 
 SERVE_TAG = "serve"
@@ -61,6 +62,7 @@ FINAL_AVG_POOL = "final_avg_pool"
 PROJ_HEAD_OUTPUT = "proj_head_output"
 LOGITS_SUP = "logits_sup"
 
+SAVED_MODEL_FILE = "saved_model.pb"
 METADATA_DIR = "assets.extra"
 METADATA_FILE = "tf_simclr_export.json"
 
@@ -441,22 +443,59 @@ def read_metadata(export_dir: str) -> dict[str, Any]:
 
 def temporary_sibling(path: str) -> str:
   """A fresh path next to `path`, hidden from TF Serving (not numeric)."""
-  parent, name = os.path.split(path.rstrip("/"))
+  parent, name = paths.split(path)
   return os.path.join(parent, f"{_TMP_PREFIX}{name}-{uuid.uuid4().hex[:12]}")
 
 
-def replace_directory(source: str, target: str) -> None:
-  """Moves the finished `source` to `target`, replacing what was there.
+def remove_saved_model(path: str) -> None:
+  """Deletes a SavedModel directory, its `saved_model.pb` first.
 
-  A rename within one directory, so a watcher sees either the old complete
-  directory, none, or the new complete one, never a partial write.
+  Loaders (TF Serving, `tf.saved_model.load`) find a SavedModel by that
+  file, so on a store that deletes object by object the directory stops
+  being loadable before it becomes incomplete.
   """
-  if tf.io.gfile.exists(target):
-    parent, name = os.path.split(target.rstrip("/"))
+  marker = os.path.join(path, SAVED_MODEL_FILE)
+  if tf.io.gfile.exists(marker):
+    tf.io.gfile.remove(marker)
+  paths.remove_tree(path)
+
+
+def _copy_saved_model(source: str, target: str) -> None:
+  """Copies the files of `source` into `target`, `saved_model.pb` last."""
+  files = paths.list_files(source)
+  files.sort(key=lambda name: name == SAVED_MODEL_FILE)
+  for name in files:
+    destination = os.path.join(target, name)
+    # Explicitly: ram:// does not list directories only implied by a file.
+    tf.io.gfile.makedirs(paths.split(destination)[0])
+    tf.io.gfile.copy(os.path.join(source, name), destination, overwrite=True)
+
+
+def replace_directory(source: str, target: str) -> None:
+  """Moves the finished SavedModel `source` to `target`, replacing it.
+
+  On a local disk (a plain path or a file:// URI) this is a rename within
+  one directory, so a watcher sees either the old complete directory, none,
+  or the new complete one, never a partial write.
+
+  Object stores (gs://, s3://, ram://) cannot rename a directory atomically
+  (gs:// renames object by object, in no set order). There an existing
+  `target` is deleted (`saved_model.pb` first), `source` is copied in with
+  `saved_model.pb` last and then deleted: `target` holds a loadable
+  SavedModel only once all of its files are in place, but a reader listing
+  the store may see the directory, not yet loadable, while it is copied.
+  """
+  if paths.local_path(target) is None:
+    if tf.io.gfile.exists(target):
+      remove_saved_model(target)
+    _copy_saved_model(source, target)
+    paths.remove_tree(source)
+  elif tf.io.gfile.exists(target):
+    parent, name = paths.split(target)
     old = os.path.join(parent, f"{_OLD_PREFIX}{name}-{uuid.uuid4().hex[:12]}")
     tf.io.gfile.rename(target, old)
     tf.io.gfile.rename(source, target)
-    tf.io.gfile.rmtree(old)
+    paths.remove_tree(old)
   else:
     tf.io.gfile.rename(source, target)
 
@@ -591,9 +630,9 @@ def export_serving(model: keras.Model,
     replace_directory(staging, target)
   finally:
     if tf.io.gfile.exists(staging):
-      tf.io.gfile.rmtree(staging)
+      paths.remove_tree(staging)
 
   if keep_exports > 0:
     for old in list_versions(export_base)[:-keep_exports]:
-      tf.io.gfile.rmtree(os.path.join(export_base, str(old)))
+      remove_saved_model(os.path.join(export_base, str(old)))
   return target

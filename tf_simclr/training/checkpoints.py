@@ -10,7 +10,7 @@ import tf_keras as keras
 
 
 def is_saved_model_dir(path: str) -> bool:
-  return os.path.isdir(path) and os.path.exists(
+  return tf.io.gfile.isdir(path) and tf.io.gfile.exists(
       os.path.join(path, "saved_model.pb"))
 
 
@@ -20,15 +20,17 @@ def resolve_checkpoint_prefix(path: str) -> str:
   Raises:
     ValueError: if nothing restorable is found at `path`.
   """
-  if os.path.isdir(path):
+  # The prefix test comes first: ram:// calls "ckpt-4" a directory when
+  # "ckpt-4.index" exists.
+  if tf.io.gfile.exists(path + ".index"):
+    return path
+  if tf.io.gfile.isdir(path):
     latest = tf.train.latest_checkpoint(path)
     if latest is None:
       raise ValueError(
           f"checkpoint directory {path!r} holds no tf_simclr checkpoint "
           "(no 'checkpoint' index file) and no saved_model.pb")
     return latest
-  if tf.io.gfile.exists(path + ".index"):
-    return path
   raise ValueError(
       f"checkpoint {path!r} is neither a checkpoint prefix (no {path}.index), "
       "a directory of checkpoints, nor a SavedModel directory")

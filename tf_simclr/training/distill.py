@@ -28,6 +28,7 @@ import tf_keras as keras
 
 from tf_simclr import configs
 from tf_simclr import losses
+from tf_simclr import paths
 from tf_simclr.models import builder
 from tf_simclr.models import simclr_model
 from tf_simclr.training import checkpoints
@@ -409,12 +410,13 @@ def load_teacher(path: str,
     print_fn(f"teacher: original-code SavedModel {path} "
              f"({teacher.supervised_head.num_classes} classes)")
   else:
-    if tf.io.gfile.isdir(path):
+    # A prefix first (see checkpoints.resolve_checkpoint_prefix).
+    if tf.io.gfile.exists(path + ".index"):
+      config_path = os.path.join(paths.split(path)[0], CONFIG_FILE)
+      prefix = path
+    elif tf.io.gfile.isdir(path):
       config_path = os.path.join(path, CONFIG_FILE)
       prefix = tf.train.latest_checkpoint(path)
-    elif tf.io.gfile.exists(path + ".index"):
-      config_path = os.path.join(os.path.dirname(path), CONFIG_FILE)
-      prefix = path
     else:
       config_path, prefix = None, None
     if (config_path is None or prefix is None or

@@ -10,14 +10,15 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from typing import Callable
 
 import tensorflow as tf
 import tf_keras as keras
 
 from tf_simclr import configs
+from tf_simclr import paths
 from tf_simclr.data import pipelines
 from tf_simclr.data import sources
 from tf_simclr.data import subsets
@@ -73,13 +74,20 @@ def compute_schedule(cfg: configs.ExperimentConfig,
 
 
 def _check_writable(directory: str) -> None:
+  # A probe file, written and deleted before training, turns a read-only
+  # directory or a bucket without write permission into an error now rather
+  # than at the first checkpoint.
+  probe = os.path.join(directory, f".write_probe-{uuid.uuid4().hex[:12]}")
   try:
     tf.io.gfile.makedirs(directory)
-    if "://" not in directory:
-      with tempfile.NamedTemporaryFile(dir=directory):
-        pass
+    with tf.io.gfile.GFile(probe, "w") as f:
+      f.write("")
+      f.flush()
+    tf.io.gfile.remove(probe)
   except (OSError, tf.errors.OpError) as e:
-    raise ValueError(f"model_dir {directory!r} is not writable: {e}") from None
+    raise ValueError(
+        f"model_dir {directory!r} is not writable: {type(e).__name__} "
+        f"{e}".rstrip()) from None
 
 
 def _checkpoint_bytes_estimate(model: keras.Model, extra: dict) -> int:
@@ -95,10 +103,13 @@ def _check_free_space(directory: str, needed_bytes: int) -> None:
   """Fails before training when model_dir cannot hold two checkpoints.
 
   Two: a new checkpoint is complete on disk before the oldest is deleted.
+  Object stores (gs://, ...) have no free space to ask about, so only local
+  directories are checked.
   """
-  if "://" in directory:
+  local = paths.local_path(directory)
+  if local is None:
     return
-  free = shutil.disk_usage(directory).free
+  free = shutil.disk_usage(local).free
   if free < 2 * needed_bytes:
     raise ValueError(
         f"model_dir {directory!r} has {free / 2**20:.1f} MiB free but two "
@@ -343,7 +354,7 @@ def export_from_checkpoint(cfg: configs.ExperimentConfig,
     print_fn(f"loaded original-code SavedModel {path}")
   else:
     prefix = checkpoints.resolve_checkpoint_prefix(path)
-    config_path = os.path.join(os.path.dirname(prefix), CONFIG_FILE)
+    config_path = os.path.join(paths.split(prefix)[0], CONFIG_FILE)
     if tf.io.gfile.exists(config_path):
       with tf.io.gfile.GFile(config_path) as f:
         saved = configs.ExperimentConfig.from_json(f.read())

@@ -29,6 +29,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tf_simclr import losses
+from tf_simclr import paths
 from tf_simclr.data import sources
 from tf_simclr.data import subsets
 from tf_simclr.models import simclr_model
@@ -163,7 +164,7 @@ def _reference_head_kernel_shape(path: str) -> Optional[list[int]]:
   """Shape of an original-code model's supervised-head kernel, if any."""
   from tf_simclr.export import reference_import  # Pulls in the proto parser.
   prefix = reference_import.checkpoint_prefix(path)
-  shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+  shapes = paths.checkpoint_reader(prefix).get_variable_to_shape_map()
   for p, k in reference_import.read_reference_object_graph(prefix).items():
     if p.startswith("model/supervised_head/") and p.endswith("/kernel"):
       return [int(d) for d in shapes[k]]
@@ -212,7 +213,7 @@ def warm_start_finetune(model: simclr_model.SimCLRModel,
     what = "original-code SavedModel"
   else:
     source = checkpoints.resolve_checkpoint_prefix(path)
-    shapes = tf.train.load_checkpoint(source).get_variable_to_shape_map()
+    shapes = paths.checkpoint_reader(source).get_variable_to_shape_map()
     with_head = _head_matches(model, shapes)
     if with_head:
       targets = model
