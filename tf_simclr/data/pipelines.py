@@ -3,10 +3,9 @@
 Training pipelines (pretraining and fine-tuning share one skeleton):
 
   read records (shuffled files, this input pipeline's shard) -> shuffle ->
-  repeat forever -> skip what a resumed run already consumed -> decode ->
-  augment -> batch (per replica, drop_remainder) -> prefetch
-
-(with `cache`, examples are decoded and cached before the shuffle instead).
+  repeat forever -> skip what a resumed run already consumed -> decode (with
+  `cache`: decoded and cached before the shuffle instead) -> augment -> batch
+  (per replica, drop_remainder) -> prefetch
 
 Eval pipeline: read (no shuffle) -> preprocess -> batch (drop_remainder=False)
 -> prefetch, a single pass.
