@@ -252,3 +252,55 @@ def test_training_shards_hold_disjoint_examples(source_name, digits,
   assert not set(shards[0]) & set(shards[1])
   assert len(shards[0]) + len(shards[1]) == source.num_examples("train")
   assert len(set(shards[0]) | set(shards[1])) == source.num_examples("train")
+
+
+def _finetune(source, **kwargs):
+  options = dict(per_replica_batch_size=4, image_size=8, seed=5,
+                 shuffle_buffer_multiplier=1)
+  options.update(kwargs)
+  return pipelines.build_finetune_dataset(source, "train", **options)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_resumed_stream_continues_the_uninterrupted_one(digits, cache):
+  # 1,438 examples in batches of 8: batch 179 straddles the first epoch's
+  # end, so the resumed stream also crosses into the reshuffled second one.
+  start, count = 178, 4
+  full = _take(_finetune(digits, per_replica_batch_size=8, cache=cache),
+               start + count)
+  resumed = _take(_finetune(digits, per_replica_batch_size=8, cache=cache,
+                            start_batch=start), count)
+  for a, b in zip(full[start:], resumed):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_resume_never_decodes_the_consumed_files(tmp_path):
+  """Files 0..N-1 of the stream become undecodable; resuming at N works."""
+  count, batch, start = 24, 4, 3
+  paths = []
+  for index in range(count):
+    folder = tmp_path / "train" / f"class{index % 2}"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths.append(folder / f"{index:02d}.png")
+    # Constant images: the value names the file after cropping and resizing.
+    tf.io.write_file(str(paths[-1]), tf.io.encode_png(
+        tf.fill([4, 4, 3], tf.constant(8 * index, tf.uint8))))
+  epoch = _take(_finetune(sources.get_source("image_folder", str(tmp_path))),
+                count // batch)
+  order = np.round(np.concatenate([b["image"][:, 0, 0, 0] for b in epoch])
+                   * 255 / 8).astype(int)
+  assert sorted(order) == list(range(count))
+  for index in order[:start * batch]:
+    # A JPEG signature passes the listing check; decoding then fails.
+    paths[index].write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+
+  corrupted = sources.get_source("image_folder", str(tmp_path))
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="Corrupt image file"):
+    _take(_finetune(corrupted), 1)
+  resumed = _take(_finetune(corrupted, start_batch=start), len(epoch) - start)
+  assert len(resumed) == len(epoch) - start
+  for a, b in zip(epoch[start:], resumed):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])

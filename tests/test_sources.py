@@ -318,7 +318,9 @@ def tfds_dir(tmp_path_factory):
                   "label": i % 3}
 
   data_dir = tmp_path_factory.mktemp("tfds")
-  TinyGreyDigits(data_dir=str(data_dir)).download_and_prepare()
+  # Four files per split, so that two input pipelines get two files each.
+  TinyGreyDigits(data_dir=str(data_dir)).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(num_shards=4))
   return data_dir
 
 
@@ -348,6 +350,59 @@ def test_tfds_source_reads_prepared_dataset(tfds_dir):
   assert sorted(labels.tolist()) == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
   with pytest.raises(ValueError, match="split must be one of"):
     source.num_examples("validation")
+
+
+def _file_of(tfds_id):
+  return tfds_id.rsplit("__", 1)[0]
+
+
+def test_tfds_pipelines_read_their_own_files_interleaved(tfds_dir):
+  source = sources.get_source("tiny_grey_digits", str(tfds_dir))
+  shards = [_ids(source.make_dataset("train", shuffle_files=True, seed=1,
+                                     input_context=_context(i)))
+            for i in range(2)]
+  files = [{_file_of(i) for i in shard} for shard in shards]
+  assert [len(f) for f in files] == [2, 2]
+  assert not files[0] & files[1]
+  assert sorted(shards[0] + shards[1]) == sorted(source.example_index(
+      "train")[0])
+  for shard in shards:
+    # Block length 1: consecutive examples come from the two files in turn.
+    assert _file_of(shard[0]) != _file_of(shard[1])
+  # More pipelines than files: each reads an even range of examples instead.
+  ranges = [_ids(source.make_dataset("train", input_context=_context(i, 5)))
+            for i in range(5)]
+  assert [len(r) for r in ranges] == [2] * 5
+  assert sorted(sum(ranges, [])) == sorted(source.example_index("train")[0])
+
+
+def test_tfds_records_stay_encoded_until_decoded(tfds_dir):
+  source = sources.get_source("tiny_grey_digits", str(tfds_dir))
+  records = source.make_records("train", shuffle_files=True, seed=2)
+  assert records.element_spec["image"].dtype == tf.string
+  decoded = _read_all(source.decode_records(records))
+  again = _read_all(source.make_dataset("train", shuffle_files=True, seed=2))
+  assert [e["id"] for e in decoded] == [e["id"] for e in again]
+  for a, b in zip(decoded, again):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    assert a["image"].shape == (6, 6, 3)
+
+
+def test_tfds_resumed_stream_continues_the_uninterrupted_one(tfds_dir):
+  from tf_simclr.data import pipelines
+  source = sources.get_source("tiny_grey_digits", str(tfds_dir))
+
+  def stream(start_batch, count):
+    # Ten examples in batches of 4: batch 3 lies in the second epoch.
+    return list(pipelines.build_finetune_dataset(
+        source, "train", per_replica_batch_size=4, image_size=6, seed=4,
+        shuffle_buffer_multiplier=1, start_batch=start_batch
+    ).take(count).as_numpy_iterator())
+
+  full, resumed = stream(0, 5), stream(3, 2)
+  for a, b in zip(full[3:], resumed):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
 
 
 def test_tfds_not_prepared_error(tmp_path):

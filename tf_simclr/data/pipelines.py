@@ -2,9 +2,10 @@
 
 Training pipelines (pretraining and fine-tuning share one skeleton):
 
-  read (shuffled files, this input pipeline's shard) -> optional cache of raw
-  examples -> shuffle -> repeat forever -> augment -> batch (per replica,
-  drop_remainder) -> prefetch
+  read records (shuffled files, this input pipeline's shard) -> shuffle ->
+  repeat forever -> skip what a resumed run already consumed -> decode (with
+  `cache`: decoded and cached before the shuffle instead) -> augment -> batch
+  (per replica, drop_remainder) -> prefetch
 
 Eval pipeline: read (no shuffle) -> preprocess -> pad with masked examples
 (`eval_padding_target`) -> batch (full batches only) -> prefetch, a single
@@ -92,6 +93,12 @@ def _image_and_label(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   return {"image": example["image"], "label": example["label"]}
 
 
+def _decoded(source: sources.DataSource,
+             records: tf.data.Dataset) -> tf.data.Dataset:
+  return source.decode_records(records).map(
+      _image_and_label, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def _pipeline_id(input_context: Optional[tf.distribute.InputContext]) -> int:
   return 0 if input_context is None else input_context.input_pipeline_id
 
@@ -114,18 +121,26 @@ def _build_training_dataset(source: sources.DataSource,
   buffer_size = shuffle_buffer_size(per_replica_batch_size, image_size,
                                     shuffle_buffer_multiplier)
   seed = _check_seed(seed)
-  dataset = source.make_dataset(split, shuffle_files=True,
+  skipped = start_batch * per_replica_batch_size
+  # Resuming at step k skips the examples the interrupted run consumed as
+  # records (paths, indices, encoded images), so none of them is decoded.
+  # Cached examples are decoded before the shuffle, and so are those of a
+  # source that may drop records while decoding: skipping then counts
+  # examples. Shuffles draw the same permutation whatever they hold, so both
+  # orders yield one stream.
+  skip_records = source.decodes_every_record and not cache
+  dataset = source.make_records(split, shuffle_files=True,
                                 input_context=input_context, seed=seed)
-  dataset = dataset.map(_image_and_label, num_parallel_calls=tf.data.AUTOTUNE)
-  if cache:
-    dataset = dataset.cache()
+  if not skip_records:
+    dataset = _decoded(source, dataset)
+    if cache:
+      dataset = dataset.cache()
   dataset = dataset.shuffle(buffer_size, seed=seed,
-                            reshuffle_each_iteration=True)
-  dataset = dataset.repeat().enumerate()
-  if start_batch:
-    # Resuming at step k replays the stream up to where the interrupted run
-    # stopped, skipping before augmentation so only reading is repeated.
-    dataset = dataset.skip(start_batch * per_replica_batch_size)
+                            reshuffle_each_iteration=True).repeat()
+  dataset = dataset.skip(skipped)
+  if skip_records:
+    dataset = _decoded(source, dataset)
+  dataset = dataset.enumerate(start=skipped)
   # Shards get distinct streams even though they share `seed`.
   base_seed = tf.constant([seed, _pipeline_id(input_context)], tf.int64)
 

@@ -108,6 +108,33 @@ class DataSource(abc.ABC):
     """Number of examples `make_dataset(split)` yields over all shards."""
 
   @abc.abstractmethod
+  def make_records(self,
+                   split: str,
+                   *,
+                   shuffle_files: bool = False,
+                   input_context: Optional[tf.distribute.InputContext] = None,
+                   seed: Optional[int] = None) -> tf.data.Dataset:
+    """`make_dataset`'s pass before decoding: one cheap record per example.
+
+    Records are dicts with at least the examples' "label" and "id" (a file
+    path, an index or an encoded image stands for the image);
+    `decode_records` turns them into examples. Training pipelines shuffle,
+    repeat and skip records, so a resumed run never decodes the examples it
+    skips. Arguments as for `make_dataset`.
+    """
+
+  def decode_records(self, records: tf.data.Dataset) -> tf.data.Dataset:
+    """The examples of `make_records`' records, in order.
+
+    One example per record, unless `decodes_every_record` is False.
+    """
+    return records
+
+  @property
+  def decodes_every_record(self) -> bool:
+    """False when `decode_records` may drop records (skipped corrupt files)."""
+    return True
+
   def make_dataset(self,
                    split: str,
                    *,
@@ -128,6 +155,9 @@ class DataSource(abc.ABC):
     Returns:
       A finite `tf.data.Dataset`.
     """
+    return self.decode_records(self.make_records(
+        split, shuffle_files=shuffle_files, input_context=input_context,
+        seed=seed))
 
   def skipped_count(self, split: str) -> int:
     """Corrupt files left out of `split` at listing time (image folders)."""
@@ -211,7 +241,7 @@ class DigitsSource(DataSource):
     indices = self._indices[self._check_split(split)]
     return [str(i) for i in indices], self._labels[indices]
 
-  def make_dataset(self,
+  def make_records(self,
                    split: str,
                    *,
                    shuffle_files: bool = False,
@@ -226,11 +256,18 @@ class DigitsSource(DataSource):
           f"input pipeline {pipeline_id} of {num_pipelines} gets no examples "
           f"of split {split!r} ({self.num_examples(split)} examples)")
     dataset = tf.data.Dataset.from_tensor_slices({
-        "image": self._images[indices],
+        "index": indices,
         "label": self._labels[indices],
         "id": np.asarray([str(i) for i in indices]),
     })
     return _shuffled(dataset, len(indices), shuffle_files, seed)
+
+  def decode_records(self, records: tf.data.Dataset) -> tf.data.Dataset:
+    images = tf.constant(self._images)
+    return records.map(
+        lambda r: {"image": tf.gather(images, r["index"]), "label": r["label"],
+                   "id": r["id"]},
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 # ----------------------------------------------------------------------------
@@ -377,7 +414,11 @@ class ImageFolderSource(DataSource):
     relpaths, labels = self._listing(split)
     return list(relpaths), labels.copy()
 
-  def make_dataset(self,
+  @property
+  def decodes_every_record(self) -> bool:
+    return not self.skip_corrupt_images
+
+  def make_records(self,
                    split: str,
                    *,
                    shuffle_files: bool = False,
@@ -396,12 +437,14 @@ class ImageFolderSource(DataSource):
         "label": labels,
         "id": relpaths,
     })
-    files = _shuffled(files, len(relpaths), shuffle_files, seed)
+    return _shuffled(files, len(relpaths), shuffle_files, seed)
+
+  def decode_records(self, records: tf.data.Dataset) -> tf.data.Dataset:
     # Each file becomes a sub-dataset of exactly one element: the decoded image,
     # or, when decoding fails, a fallback that either raises naming the file or
     # yields an empty marker image that is filtered out. The fallback is only
     # evaluated when the decode produced nothing.
-    examples = files.interleave(
+    examples = records.interleave(
         self._load_or_report,
         cycle_length=tf.data.AUTOTUNE,
         block_length=1,
@@ -484,33 +527,61 @@ class TfdsSource(DataSource):
   def num_examples(self, split: str) -> int:
     return int(self.builder.info.splits[self._check_split(split)].num_examples)
 
-  def make_dataset(self,
+  def _pipeline_split(
+      self, split: str,
+      input_context: Optional[tf.distribute.InputContext]
+  ) -> tuple[Any, Optional[tf.distribute.InputContext]]:
+    """What one input pipeline reads: its share of the files, or of examples.
+
+    TFDS deals whole files to the pipelines; a split with fewer files than
+    pipelines is dealt by example ranges instead (`tfds.even_splits`, which
+    reads only those ranges).
+    """
+    import tensorflow_datasets as tfds  # Deferred: slow import.
+    pipeline_id, num_pipelines = _shard_bounds(input_context)
+    files = len(self.builder.info.splits[split].file_instructions)
+    if num_pipelines > 1 and files < num_pipelines:
+      return tfds.even_splits(split, num_pipelines)[pipeline_id], None
+    return split, input_context
+
+  def make_records(self,
                    split: str,
                    *,
                    shuffle_files: bool = False,
                    input_context: Optional[tf.distribute.InputContext] = None,
                    seed: Optional[int] = None) -> tf.data.Dataset:
     import tensorflow_datasets as tfds  # Deferred: slow import.
+    split, input_context = self._pipeline_split(self._check_split(split),
+                                                input_context)
     read_config = tfds.ReadConfig(
         interleave_cycle_length=_TFDS_INTERLEAVE_CYCLE_LENGTH,
         interleave_block_length=_TFDS_INTERLEAVE_BLOCK_LENGTH,
         input_context=input_context,
         shuffle_seed=seed,
         add_tfds_id=True)
+    # Images stay encoded until `decode_records`.
     dataset = self.builder.as_dataset(
-        split=self._check_split(split), shuffle_files=shuffle_files,
-        read_config=read_config)
+        split=split, shuffle_files=shuffle_files, read_config=read_config,
+        decoders={self._image_key: tfds.decode.SkipDecoding()})
     image_key, label_key = self._image_key, self._label_key
+    return dataset.map(
+        lambda f: {"image": f[image_key],
+                   "label": tf.cast(f[label_key], tf.int32),
+                   "id": f["tfds_id"]},
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-    def to_example(features):
-      image = features[image_key]
+  def decode_records(self, records: tf.data.Dataset) -> tf.data.Dataset:
+    feature = self.builder.info.features[self._image_key]
+
+    def decode(record):
+      image = feature.decode_example(record["image"])
       if image.shape.rank == 3 and image.shape[-1] == 1:
         image = tf.image.grayscale_to_rgb(image)
       return {"image": tf.ensure_shape(image, [None, None, 3]),
-              "label": tf.cast(features[label_key], tf.int32),
-              "id": features["tfds_id"]}
+              "label": record["label"], "id": record["id"]}
 
-    return dataset.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
+    return records.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True)
 
   def example_index(self, split: str) -> tuple[list[str], np.ndarray]:
     import tensorflow_datasets as tfds  # Deferred: slow import.

@@ -490,7 +490,8 @@ def _train(cfg, strategy, model, optimizer, manager, source, train_source,
       trainer, optimizer.iterations, manager, writer, settings,
       extra_summaries=(_view_grid_summary(source, cfg)
                        if chief and t.train_mode == "pretrain" else None),
-      print_fn=print_fn)
+      print_fn=print_fn,
+      cluster_resolver=strategy_lib.preemption_cluster_resolver(strategy))
   start = time.time()
   metrics = train_loop.run()
   print_fn(f"training finished at step {int(optimizer.iterations.numpy())} "

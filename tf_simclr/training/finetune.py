@@ -383,9 +383,9 @@ class SubsetSource(sources.DataSource):
   """A `DataSource` whose `split` only yields the examples with given ids.
 
   Other splits pass through unchanged, so evaluation still sees the whole
-  eval split. The filter runs on the wrapped source's examples (after its
-  sharding, so input pipelines may get unequal shares of the subset); with
-  `cache=True` in the pipeline only the first pass reads the whole split.
+  eval split. The filter runs on the wrapped source's records, before
+  decoding (after its sharding, so input pipelines may get unequal shares of
+  the subset).
 
   Args:
     source: the wrapped source.
@@ -430,13 +430,21 @@ class SubsetSource(sources.DataSource):
       return list(self._index[0]), self._index[1].copy()
     return self.source.example_index(split)
 
-  def make_dataset(self,
+  @property
+  def decodes_every_record(self) -> bool:
+    return self.source.decodes_every_record
+
+  def decode_records(self, records: tf.data.Dataset) -> tf.data.Dataset:
+    return self.source.decode_records(records)
+
+  def make_records(self,
                    split: str,
                    *,
                    shuffle_files: bool = False,
                    input_context: Optional[tf.distribute.InputContext] = None,
                    seed: Optional[int] = None) -> tf.data.Dataset:
-    dataset = self.source.make_dataset(split, shuffle_files=shuffle_files,
+    # Filtering records keeps the other examples from ever being decoded.
+    dataset = self.source.make_records(split, shuffle_files=shuffle_files,
                                        input_context=input_context, seed=seed)
     if split != self.split:
       return dataset
@@ -445,7 +453,7 @@ class SubsetSource(sources.DataSource):
             tf.constant(self.ids, tf.string),
             tf.ones([len(self.ids)], tf.int32)),
         default_value=0)
-    return dataset.filter(lambda example: table.lookup(example["id"]) > 0)
+    return dataset.filter(lambda record: table.lookup(record["id"]) > 0)
 
 
 def labelled_subset_source(source: sources.DataSource,

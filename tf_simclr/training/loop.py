@@ -5,12 +5,19 @@ Each stage supplies an `orbit.AbstractTrainer` whose `train(num_steps)` runs
 exactly `total_steps` (the original code overshoots to a multiple of the
 checkpoint period, SPEC quirk Q6), saves checkpoints on the period, writes
 TensorBoard summaries, prints a progress line and stops on a non-finite loss.
+
+On a preemption notice (SIGTERM) it saves a checkpoint of the step it stopped
+at and raises `PreemptedError`. A single worker saves after the call in
+flight. The workers of a multi-worker job first agree on a step through
+`tf.distribute.experimental.PreemptionCheckpointHandler`: a SIGTERM to any of
+them makes all of them save that step after the next call and stop.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 import sys
 import threading
@@ -39,9 +46,9 @@ class LoopSettings:
     log_every_steps: progress line period (0 = every call).
     is_chief: only the chief prints and writes summaries.
     save_on_sigterm: on SIGTERM (a preemption notice), finish the current
-      call, save a checkpoint of that step and raise `PreemptedError`. Only
-      for single-worker runs: workers of a multi-worker run would need to
-      agree on the step first.
+      call, save a checkpoint of that step and raise `PreemptedError`. For
+      single-worker runs; `TrainLoop`'s `cluster_resolver` covers
+      multi-worker ones.
   """
   total_steps: int
   steps_per_loop: int
@@ -73,6 +80,9 @@ class TrainLoop:
     extra_summaries: called with the global step after each call, inside the
       writer's context, to write summaries that are not training metrics.
     print_fn: where progress lines go.
+    cluster_resolver: set for the workers of a multi-worker
+      (`MultiWorkerMirroredStrategy`) run: a SIGTERM to any worker makes every
+      worker save the same step and raise `PreemptedError`.
   """
 
   def __init__(self,
@@ -82,7 +92,9 @@ class TrainLoop:
                summary_writer,
                settings: LoopSettings,
                extra_summaries: Optional[Callable[[int], None]] = None,
-               print_fn: Callable[[str], None] = print):
+               print_fn: Callable[[str], None] = print,
+               cluster_resolver: Optional[
+                   tf.distribute.cluster_resolver.ClusterResolver] = None):
     if settings.steps_per_loop < 1:
       raise ValueError(
           f"steps_per_loop must be >= 1, got {settings.steps_per_loop}")
@@ -93,29 +105,71 @@ class TrainLoop:
     self.settings = settings
     self.extra_summaries = extra_summaries
     self.print_fn = print_fn
+    self.cluster_resolver = cluster_resolver
     self.last_metrics: dict[str, float] = {}
     self._sigterm_received = False
+    self._saved_step: Optional[int] = None
 
   def _save(self, step: int) -> Optional[str]:
+    self._saved_step = step
     return self.checkpoint_manager.save(checkpoint_number=step)
 
   def run(self) -> dict[str, float]:
     """Trains until `total_steps`; returns the last call's metrics."""
-    install = (self.settings.save_on_sigterm and
-               threading.current_thread() is threading.main_thread())
-    previous = (signal.signal(signal.SIGTERM, self._on_sigterm) if install
-                else None)
+    # Signal handlers can only be set from the main thread.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    handler = None
     try:
-      return self._run()
+      if main and self.cluster_resolver is not None:
+        handler = self._preemption_handler()
+      elif main and self.settings.save_on_sigterm:
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+      return self._run(handler)
     finally:
-      if install:
+      if previous is not None:
         signal.signal(signal.SIGTERM, previous)
 
   def _on_sigterm(self, signum, frame) -> None:
     del signum, frame
     self._sigterm_received = True
 
-  def _run(self) -> dict[str, float]:
+  def _preemption_handler(
+      self) -> tf.distribute.experimental.PreemptionCheckpointHandler:
+    """Agrees on a step with the other workers once any gets SIGTERM.
+
+    The handler watches SIGTERM itself and publishes "save after the next
+    call" to every worker through the coordination service; `save_fn` then
+    writes the usual `ckpt-<step>` (into the scratch directory on non-chief
+    workers) and `exit_fn` raises `PreemptedError` on every worker.
+    """
+    manager = self.checkpoint_manager
+    if not isinstance(manager, tf.train.CheckpointManager):
+      # A non-chief worker saves through `save_fn`; the handler only reads
+      # the chief's directory with this manager (it restores the latest
+      # checkpoint once more when created, as it does under orbit).
+      manager = tf.train.CheckpointManager(manager.checkpoint,
+                                           manager.directory, max_to_keep=None)
+    config = tf.distribute.experimental.TerminationConfig(
+        save_fn=self._save_agreed_step, exit_fn=self._raise_preempted)
+    return tf.distribute.experimental.PreemptionCheckpointHandler(
+        self.cluster_resolver, manager, termination_config=config)
+
+  def _save_agreed_step(self) -> None:
+    step = int(self.global_step.numpy())
+    # Every worker skips alike: saving is collective.
+    if self._saved_step != step:
+      self._save(step)
+
+  def _raise_preempted(self) -> None:
+    step = int(self.global_step.numpy())
+    raise PreemptedError(
+        f"SIGTERM to a worker of this job: every worker stopped at step "
+        f"{step} after saving "
+        f"{os.path.join(self.checkpoint_manager.directory, f'ckpt-{step}')}; "
+        "run the same command on every worker to resume")
+
+  def _run(self, handler) -> dict[str, float]:
     s = self.settings
     step = int(self.global_step.numpy())
     start_step = step
@@ -141,6 +195,9 @@ class TrainLoop:
           raise PreemptedError(
               f"SIGTERM received: stopped at step {step} after saving "
               f"{saved}; run the same command to resume")
+      if handler is not None:
+        # Saves and raises through `exit_fn` once the agreed step is reached.
+        handler.save_checkpoint_if_preempted()
       if s.is_chief:
         images_per_second = num_steps * s.images_per_step / max(loop_time,
                                                                 1e-9)

@@ -84,6 +84,21 @@ def is_single_worker(strategy: tf.distribute.Strategy) -> bool:
              if name in ("chief", "worker")) <= 1
 
 
+def preemption_cluster_resolver(
+    strategy: tf.distribute.Strategy
+) -> Optional[tf.distribute.cluster_resolver.ClusterResolver]:
+  """The resolver the workers agree on a preemption step through, or None.
+
+  Set for multi-worker `MultiWorkerMirroredStrategy` runs only: a single
+  worker needs no agreement, and `PreemptionCheckpointHandler` does not
+  handle TPU pods off Google's internal platform.
+  """
+  if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and
+      not is_single_worker(strategy)):
+    return strategy.cluster_resolver
+  return None
+
+
 def check_global_batch(global_batch_size: int,
                        strategy: tf.distribute.Strategy,
                        name: str = "train_batch_size") -> int:
