@@ -134,6 +134,10 @@ class DataSource(abc.ABC):
     del split
     return 0
 
+  def undecodable_files(self) -> list[str]:
+    """Files skipped so far because they failed to decode (image folders)."""
+    return []
+
   @abc.abstractmethod
   def example_index(self, split: str) -> tuple[list[str], np.ndarray]:
     """(ids, int32 labels) of every example of `split`, without decoding images.
@@ -306,6 +310,7 @@ class ImageFolderSource(DataSource):
     self._class_ids = {c: i for i, c in enumerate(classes)}
     self._listings: dict[str, tuple[list[str], np.ndarray]] = {}
     self._skipped: dict[str, list[str]] = {}
+    self._undecodable: set[str] = set()
 
   def _listing(self, split: str) -> tuple[list[str], np.ndarray]:
     """Sorted relative paths and labels of the readable files of `split`."""
@@ -399,11 +404,26 @@ class ImageFolderSource(DataSource):
       examples = examples.filter(lambda ex: tf.size(ex["image"]) > 0)
     return examples
 
+  def undecodable_files(self) -> list[str]:
+    return sorted(self._undecodable)
+
   def _load_or_report(self, file: dict[str, tf.Tensor]) -> tf.data.Dataset:
     one = tf.data.Dataset.from_tensors(file)
     decoded = one.map(_decode_file).ignore_errors()
-    report = _skip_marker if self.skip_corrupt_images else _raise_corrupt
+    report = self._skip_marker if self.skip_corrupt_images else _raise_corrupt
     return decoded.concatenate(one.map(report)).take(1)
+
+  def _skip_marker(self, file: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def remember(path):
+      # Distinct files: every epoch meets the same corrupt file again.
+      self._undecodable.add(path.numpy().decode("utf-8"))
+      return True
+
+    log = tf.print("WARNING: skipping corrupt image file", file["path"])
+    noted = tf.py_function(remember, [file["path"]], tf.bool)
+    with tf.control_dependencies([log, noted]):
+      image = tf.zeros([0, 0, 3], tf.uint8)
+    return {"image": image, "label": file["label"], "id": file["id"]}
 
 
 def _decode_file(file: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -415,16 +435,9 @@ def _decode_file(file: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 
 def _raise_corrupt(file: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   check = tf.debugging.Assert(
-      False, ["Corrupt image file (set skip_corrupt_images to skip it):",
-              file["path"]])
+      False, ["corrupt or truncated image file", file["path"],
+              "(--skip_corrupt_images skips and counts such files)"])
   with tf.control_dependencies([check]):
-    image = tf.zeros([0, 0, 3], tf.uint8)
-  return {"image": image, "label": file["label"], "id": file["id"]}
-
-
-def _skip_marker(file: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-  log = tf.print("WARNING: skipping corrupt image file", file["path"])
-  with tf.control_dependencies([log]):
     image = tf.zeros([0, 0, 3], tf.uint8)
   return {"image": image, "label": file["label"], "id": file["id"]}
 
