@@ -130,6 +130,7 @@ def config_from_flags(flag_values: Any) -> configs.ExperimentConfig:
           use_blur=f.use_blur,
           cache_dataset=f.cache_dataset,
           skip_corrupt_images=f.skip_corrupt_images,
+          tfds_download=f.tfds_download,
           seed=f.seed,
       ),
       optimizer=configs.OptimizerConfig(

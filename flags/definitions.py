@@ -60,6 +60,11 @@ def define_flags() -> None:
   flags.DEFINE_bool("cache_dataset", False, "Cache decoded examples in memory.")
   flags.DEFINE_bool("skip_corrupt_images", False,
                     "Skip unreadable image files (counted) instead of failing.")
+  flags.DEFINE_bool(
+      "tfds_download", False,
+      "Download and prepare a TFDS dataset missing from --data_dir (needs "
+      "internet access); without it a missing dataset is an error saying "
+      "how to prepare it.")
 
   # Backbone.
   flags.DEFINE_integer("resnet_depth", 18, "18, 34, 50, 101, 152 or 200.")

@@ -213,23 +213,29 @@ def test_cli_names_a_truncated_jpeg_and_skips_it_with_the_flag(tmp_path):
   assert len(error_lines) == 1, result.stderr
   assert "train/a/broken.jpg" in error_lines[0]
   assert "--skip_corrupt_images" in error_lines[0]
-  result = _run_cli(f"--model_dir={tmp_path / 'm2'}", *common,
-                    "--skip_corrupt_images")
-  assert result.returncode == 0, result.stderr
-  assert "skipped 1 undecodable image file(s): " in result.stdout
-  saved = json.loads((tmp_path / "m2" / "result.json").read_text())
-  assert saved["skipped_corrupt_images"] == 1
 
 
-def test_corrupt_eval_image_is_named_and_the_checkpoint_kept(tmp_path):
+def test_corrupt_eval_image_is_named_or_skipped_and_counted(tmp_path):
   import run
-  root = _image_folder(tmp_path / "data", ["test/b/cut.jpg"])
+  root = _image_folder(tmp_path / "data", ["train/a/cut.jpg",
+                                           "test/b/cut.jpg"])
   cfg = tiny_config(tmp_path / "model", train_steps=2, train_batch_size=4,
                     eval_batch_size=4)
   cfg = dataclasses.replace(
       cfg, data=dataclasses.replace(cfg.data, dataset="image_folder",
-                                    data_dir=str(root)),
+                                    data_dir=str(root),
+                                    skip_corrupt_images=True),
       export=dataclasses.replace(cfg.export, export_at_end=False))
+  lines = []
+  results = experiment.run_experiment(cfg, print_fn=lines.append)
+  assert results["skipped_corrupt_images"] == 2  # distinct files, not visits
+  assert any(l.startswith("skipped 2 undecodable image file(s): ")
+             for l in lines)
+  # Without the flag, evaluation stops on the test file; the checkpoint of
+  # the finished training stays.
+  cfg = dataclasses.replace(
+      cfg, data=dataclasses.replace(cfg.data, skip_corrupt_images=False),
+      train=dataclasses.replace(cfg.train, mode="eval"))
   with pytest.raises(tf.errors.InvalidArgumentError) as raised:
     experiment.run_experiment(cfg, print_fn=lambda _: 0)
   line = run.error_line(raised.value)
@@ -256,6 +262,28 @@ def test_error_line_skips_tensorflow_context_lines():
       "x}}]] [Op:__inference_step_1]")
   assert run.error_line(error) == (
       "error: ResourceExhaustedError: OOM when allocating tensor")
+
+
+def test_schedule_minimum_steps_and_warm_up_clipping():
+  cfg = tiny_config("/unused", train_steps=0, train_epochs=30.0,
+                    train_batch_size=0, min_train_steps=300)
+  cfg = experiment.resolve_batch_size(cfg, 143, replicas=1)
+  assert cfg.train.train_batch_size == 64
+  assert experiment.compute_schedule(cfg, 143).total_steps == 300
+  longer = dataclasses.replace(cfg, train=dataclasses.replace(
+      cfg.train, train_epochs=200.0))
+  assert experiment.compute_schedule(longer, 143).total_steps == 447
+  explicit = dataclasses.replace(cfg, train=dataclasses.replace(
+      cfg.train, train_steps=10))
+  assert experiment.compute_schedule(explicit, 143).total_steps == 10
+  lines = []
+  warm = dataclasses.replace(
+      explicit, optimizer=dataclasses.replace(cfg.optimizer,
+                                              warmup_epochs=10.0))
+  schedule = experiment.compute_schedule(warm, 143, lines.append)
+  assert (schedule.total_steps, schedule.warmup_steps) == (10, 9)
+  assert lines == ["warning: warmup_epochs=10.0 gives 22 warm-up steps for a "
+                   "10-step run; warming up for 9 instead"]
 
 
 def test_default_warm_up_longer_than_a_3_step_run_is_clipped(tmp_path):

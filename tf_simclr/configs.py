@@ -90,6 +90,7 @@ class DataConfig:
   use_blur: bool = True
   cache_dataset: bool = False
   skip_corrupt_images: bool = False
+  tfds_download: bool = False  # Download and prepare a missing TFDS dataset.
   shuffle_buffer_multiplier: int = 0  # 0: the reference's 50 (<=32 px) or 10.
   seed: int = 0
 

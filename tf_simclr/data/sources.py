@@ -527,14 +527,17 @@ class TfdsSource(DataSource):
     return ids, np.asarray(labels, np.int32)
 
 
-def _not_prepared_message(name: str, data_dir: Optional[str]) -> str:
+def _not_prepared_message(name: str, data_dir: Optional[str],
+                          offer_download: bool = True) -> str:
   where = data_dir if data_dir else "the TFDS default data_dir"
   target = f"--data_dir={data_dir}" if data_dir else "--data_dir=<dir>"
+  download = (", or let this run download and prepare it (--tfds_download; "
+              "needs internet access)" if offer_download else "")
   return (
       f"TFDS dataset {name!r} is not prepared in {where}. Prepare it on a "
       f"machine with internet access (`tfds build {name} {target}`) and copy "
-      "the prepared folder over, point data_dir at an existing prepared copy, "
-      "or allow downloading (download=True).")
+      "the prepared folder over, or point data_dir at an existing prepared "
+      f"copy{download}.")
 
 
 def _tfds_source(name: str, data_dir: Optional[str],
@@ -557,7 +560,8 @@ def _tfds_source(name: str, data_dir: Optional[str],
     except Exception as e:  # Any failure means the same thing to the user.
       raise DatasetNotPreparedError(
           f"Downloading TFDS dataset {name!r} failed ({type(e).__name__}: "
-          f"{e}). " + _not_prepared_message(name, data_dir)) from e
+          f"{e}). " + _not_prepared_message(name, data_dir,
+                                             offer_download=False)) from e
   return TfdsSource(builder, name)
 
 

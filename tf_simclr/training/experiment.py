@@ -225,7 +225,8 @@ def run_experiment(cfg: configs.ExperimentConfig,
                                   "eval_batch_size")
 
   source = sources.get_source(d.dataset, d.data_dir,
-                              skip_corrupt_images=d.skip_corrupt_images)
+                              skip_corrupt_images=d.skip_corrupt_images,
+                              download=d.tfds_download)
   train_source = _training_source(cfg, source, print_fn)
   train_split = (t.unlabelled_split or d.train_split
                  if t.train_mode == "distill" else d.train_split)
@@ -567,12 +568,20 @@ def _evaluate(cfg, strategy, model, source) -> dict:
       pixels_test_x, _ = evaluation.raw_pixel_features(
           source.make_dataset(d.eval_split))
       if not np.array_equal(pixels_train_y, train_y):
-        raise RuntimeError("raw-pixel and feature passes disagree on order")
+        raise RuntimeError("probe passes over the train split disagree on "
+                           "the example order")
+      # The subsets fine-tuning picks with the same --label_fraction and
+      # --seed (chosen by example id), when the index lists the examples in
+      # the order read here.
+      train_ids, id_labels = source.example_index(d.train_split)
+      if not np.array_equal(id_labels, train_y):
+        train_ids = None
       probed = {PRETRAINED: (train_x, test_x),
                 RANDOM_INIT: (random_train_x, random_test_x),
                 RAW_PIXELS: (pixels_train_x, pixels_test_x)}
       for fraction in t.probe_label_fractions:
-        indices = subsets.class_balanced_subset(train_y, fraction, seed=t.seed)
+        indices = subsets.class_balanced_subset(train_y, fraction, seed=t.seed,
+                                                example_ids=train_ids)
         tag = f"{fraction:g}"
         for name, (x_train, x_test) in probed.items():
           results[f"probe_{tag}_{name}_top_1"] = evaluation.linear_probe_top1(
