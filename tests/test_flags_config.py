@@ -98,12 +98,14 @@ def test_supervised_stages_derive_batch_and_length_unless_flags_are_given(
 def test_digits_recipe_applies_to_digits_only(parse):
   cfg = parse()
   assert not cfg.data.horizontal_flip
+  assert cfg.data.finetune_min_crop_area == 0.4
   assert cfg.train.knn_eval
   assert cfg.train.probe_label_fractions == (0.01, 0.1, 1.0)
   assert parse("--horizontal_flip").data.horizontal_flip
   assert parse("--train_mode=supervised").train.probe_label_fractions == ()
   cfg = parse("--dataset=cifar10")
   assert cfg.data.horizontal_flip and not cfg.train.knn_eval
+  assert cfg.data.finetune_min_crop_area == 0.08
   assert cfg.train.probe_label_fractions == ()
 
 
