@@ -101,6 +101,7 @@ def test_digits_recipe_applies_to_digits_only(parse):
   assert cfg.data.finetune_min_crop_area == 0.4
   assert cfg.train.knn_eval
   assert cfg.train.probe_label_fractions == (0.01, 0.1, 1.0)
+  assert cfg.train.train_epochs == 60.0
   assert parse("--horizontal_flip").data.horizontal_flip
   assert parse("--train_mode=supervised").train.probe_label_fractions == ()
   cfg = parse("--dataset=cifar10")
