@@ -6,6 +6,7 @@ Every flag is described by `python run.py --helpfull`; flags/ defines them.
 """
 
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -22,6 +23,34 @@ tf_simclr_flags.define_flags()
 FLAGS = absl_flags.FLAGS
 
 
+# Lines of a TensorFlow error message that only say where it happened.
+_CONTEXT_PREFIXES = ("graph execution error", "detected at node",
+                     "traceback", "file ", "[[", "[op:", "node:")
+
+
+def error_line(e: BaseException) -> str:
+  """One line for a TensorFlow error: its most telling line, never empty.
+
+  A tf.data or graph error's first line is only "Graph execution error:"; an
+  `Assert` inside the graph (a corrupt image file) puts its message on an
+  "assertion failed: [part] [part]" line, rendered here as "part part".
+  """
+  text = getattr(e, "message", None) or str(e)
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  for line in lines:
+    if "assertion failed:" in line:
+      parts = re.findall(r"\[([^\[\]]*)\]",
+                         line.split("assertion failed:", 1)[1])
+      return f"error: {' '.join(p.strip() for p in parts if p.strip())}"
+  name = type(e).__name__
+  if not type(e).__module__.startswith("tensorflow"):
+    # Our own errors are written as one sentence, possibly wrapped.
+    return f"error: {' '.join(lines)}" if lines else f"error: {name}"
+  useful = [l for l in lines if not l.lower().startswith(_CONTEXT_PREFIXES)]
+  detail = (useful or lines or [""])[0]
+  return f"error: {name}: {detail}" if detail else f"error: {name}"
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -33,7 +62,7 @@ def main(argv):
     from tf_simclr.training import experiment
     experiment.run_experiment(cfg)
   except (ValueError, FileNotFoundError, NonFiniteLossError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(error_line(e), file=sys.stderr)
     sys.exit(1)
   except PreemptedError as e:
     print(f"preempted: {e}", file=sys.stderr)
@@ -43,8 +72,7 @@ def main(argv):
     # are user-facing here: one line, no traceback.
     if not type(e).__module__.startswith("tensorflow"):
       raise
-    print(f"error: {type(e).__name__}: {str(e).splitlines()[0]}",
-          file=sys.stderr)
+    print(error_line(e), file=sys.stderr)
     sys.exit(1)
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)

@@ -23,7 +23,7 @@ top1() {
   $PY -c "import json,sys; r=json.load(open(sys.argv[1])); print(r['label_top_1_accuracy'], r.get('teacher_label_top_1_accuracy', ''))" "$1/result.json"
 }
 for seed in $SEEDS; do
-  teacher="$OUT/finetune_0.1_$seed"
+  teacher="$OUT/ft0.1_$seed"
   common=(--seed="$seed" --train_steps="$STEPS" --train_batch_size=64
           --checkpoint_steps="$STEPS" --export_at_end=false)
   dir="$OUT/distill_self_$seed"

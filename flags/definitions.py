@@ -48,10 +48,23 @@ def define_flags() -> None:
       "Smallest random-crop area in pretraining, as a fraction of the image. "
       "The original code uses 0.08 (effectively 0.1); the default keeps the "
       "8x8 digits recognisable.")
+  flags.DEFINE_float(
+      "finetune_min_crop_area", 0.08,
+      "Smallest random-crop area when fine-tuning, training supervised or "
+      "distilling (the original code's 0.08).")
+  flags.DEFINE_bool(
+      "horizontal_flip", True,
+      "Random left-right flips in every training stage (off for digits, "
+      "whose mirror images are not digits).")
   flags.DEFINE_bool("use_blur", False, "Random Gaussian blur in pretraining.")
   flags.DEFINE_bool("cache_dataset", False, "Cache decoded examples in memory.")
   flags.DEFINE_bool("skip_corrupt_images", False,
                     "Skip unreadable image files (counted) instead of failing.")
+  flags.DEFINE_bool(
+      "tfds_download", False,
+      "Download and prepare a TFDS dataset missing from --data_dir (needs "
+      "internet access); without it a missing dataset is an error saying "
+      "how to prepare it.")
 
   # Backbone.
   flags.DEFINE_integer("resnet_depth", 18, "18, 34, 50, 101, 152 or 200.")
@@ -119,11 +132,19 @@ def define_flags() -> None:
   flags.DEFINE_float("weight_decay", 1e-4, "Weight decay.")
 
   # Lengths and batches.
-  flags.DEFINE_integer("train_batch_size", 256, "Global training batch.")
+  flags.DEFINE_integer(
+      "train_batch_size", 256,
+      "Global training batch. 0: derived from the training set's size (the "
+      "default of the finetune, supervised and distill stages; README).")
   flags.DEFINE_float("train_epochs", 20,
                      "Training length in epochs (ignored if train_steps > 0).")
   flags.DEFINE_integer("train_steps", 0, "Training length in steps; wins over "
                        "train_epochs when > 0.")
+  flags.DEFINE_integer(
+      "min_train_steps", 0,
+      "Raise an epoch-derived run to at least this many steps (finetune, "
+      "supervised and distill default to 300 unless --train_epochs or "
+      "--train_steps is given).")
   flags.DEFINE_integer("eval_batch_size", 256, "Global evaluation batch.")
   flags.DEFINE_integer("eval_steps", 0, "Evaluation steps (0 = whole split).")
   flags.DEFINE_float("checkpoint_epochs", 1.0, "Checkpoint period in epochs.")

@@ -629,3 +629,22 @@ def test_min_crop_area_bounds_the_pretrain_crop():
   assert min(areas) >= 0.37 and np.mean(areas) > 0.6
   with pytest.raises(ValueError, match="min_crop_area"):
     augment.build_pretrain_augment(16, 0.5, min_crop_area=0.0)
+
+
+@pytest.mark.parametrize("flip_prob", [0.0, 1.0])
+def test_flip_probability_of_pretrain_and_finetune_views(flip_prob):
+  image = np.zeros([8, 8, 3], np.uint8)
+  image[:, :2] = 255  # a left edge: its mirror is a right edge
+  for seed in range(4):
+    views = [
+        augment.preprocess_for_pretrain_view(
+            image, [seed, 1], 8, color_jitter_strength=0.0,
+            min_crop_area=1.0, flip_prob=flip_prob),
+        augment.preprocess_for_finetune(image, [seed, 2], 8,
+                                        min_crop_area=1.0,
+                                        flip_prob=flip_prob)]
+    for view in views:
+      left_edge = float(tf.reduce_mean(view[:, 0]))
+      assert left_edge == (0.0 if flip_prob else 1.0)
+  with pytest.raises(ValueError, match="min_crop_area"):
+    augment.build_finetune_augment(8, min_crop_area=0.0)

@@ -183,9 +183,10 @@ def test_cli_bad_input_gives_one_clear_line(tmp_path, args, message):
   assert len(error_lines) == 1 and message in error_lines[0], result.stderr
 
 
-def test_cli_reports_corrupt_image_by_name(tmp_path):
+def _image_folder(root, corrupt_files=()):
+  """Two classes of four PNGs per split; `corrupt_files` are truncated JPEGs."""
+  import io
   from PIL import Image
-  root = tmp_path / "data"
   for split in ("train", "test"):
     for label in ("a", "b"):
       folder = root / split / label
@@ -193,19 +194,122 @@ def test_cli_reports_corrupt_image_by_name(tmp_path):
       for i in range(4):
         Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(
             folder / f"{i}.png")
-  (root / "train" / "a" / "broken.jpg").write_bytes(b"not an image at all")
+  jpeg = io.BytesIO()
+  Image.fromarray(np.random.default_rng(0).integers(
+      0, 255, (16, 16, 3), np.uint8)).save(jpeg, format="JPEG")
+  for relpath in corrupt_files:
+    # A valid JPEG header: only decoding finds the file cut short.
+    (root / relpath).write_bytes(jpeg.getvalue()[:len(jpeg.getvalue()) // 2])
+  return root
+
+
+def test_cli_names_a_truncated_jpeg_and_skips_it_with_the_flag(tmp_path):
+  root = _image_folder(tmp_path / "data", ["train/a/broken.jpg"])
   common = [f"--dataset=image_folder", f"--data_dir={root}",
             "--train_steps=1", "--train_batch_size=4", "--eval_batch_size=4",
-            "--width_multiplier=0.125", "--warmup_epochs=0",
-            "--nojit_compile"]
+            "--width_multiplier=0.0625", "--warmup_epochs=0",
+            "--export_at_end=false"]
   result = _run_cli(f"--model_dir={tmp_path / 'm1'}", *common)
-  assert result.returncode != 0
+  assert result.returncode == 1
   assert "Traceback" not in result.stderr
-  assert "broken.jpg" in result.stderr
-  result = _run_cli(f"--model_dir={tmp_path / 'm2'}", *common,
-                    "--skip_corrupt_images")
-  assert result.returncode == 0, result.stderr
-  assert "final:" in result.stdout
+  error_lines = [l for l in result.stderr.splitlines()
+                 if l.startswith("error: ")]
+  assert len(error_lines) == 1, result.stderr
+  assert "train/a/broken.jpg" in error_lines[0]
+  assert "--skip_corrupt_images" in error_lines[0]
+
+
+def test_corrupt_eval_image_is_named_or_skipped_and_counted(tmp_path):
+  import run
+  root = _image_folder(tmp_path / "data", ["train/a/cut.jpg",
+                                           "test/b/cut.jpg"])
+  cfg = tiny_config(tmp_path / "model", train_steps=2, train_batch_size=4,
+                    eval_batch_size=4)
+  cfg = dataclasses.replace(
+      cfg, data=dataclasses.replace(cfg.data, dataset="image_folder",
+                                    data_dir=str(root),
+                                    skip_corrupt_images=True),
+      export=dataclasses.replace(cfg.export, export_at_end=False))
+  lines = []
+  results = experiment.run_experiment(cfg, print_fn=lines.append)
+  assert results["skipped_corrupt_images"] == 2  # distinct files, not visits
+  assert any(l.startswith("skipped 2 undecodable image file(s): ")
+             for l in lines)
+  # Without the flag, evaluation stops on the test file; the checkpoint of
+  # the finished training stays.
+  cfg = dataclasses.replace(
+      cfg, data=dataclasses.replace(cfg.data, skip_corrupt_images=False),
+      train=dataclasses.replace(cfg.train, mode="eval"))
+  with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+    experiment.run_experiment(cfg, print_fn=lambda _: 0)
+  line = run.error_line(raised.value)
+  assert "\n" not in line and "test/b/cut.jpg" in line, line
+  assert tf.train.latest_checkpoint(str(tmp_path / "model")).endswith("ckpt-2")
+
+
+@pytest.mark.parametrize("error", [
+    tf.errors.InvalidArgumentError(None, None, ""),
+    tf.errors.UnknownError(None, None, "\n\n"),
+    ValueError(),
+])
+def test_error_line_of_an_empty_message_is_one_line(error):
+  import run
+  name = type(error).__name__
+  assert run.error_line(error) == f"error: {name}"
+
+
+def test_error_line_skips_tensorflow_context_lines():
+  import run
+  error = tf.errors.ResourceExhaustedError(
+      None, None, "Graph execution error:\n\nDetected at node x defined at "
+      "(most recent call last):\n\nOOM when allocating tensor\n\t [[{{node "
+      "x}}]] [Op:__inference_step_1]")
+  assert run.error_line(error) == (
+      "error: ResourceExhaustedError: OOM when allocating tensor")
+
+
+def test_schedule_minimum_steps_and_warm_up_clipping():
+  cfg = tiny_config("/unused", train_steps=0, train_epochs=30.0,
+                    train_batch_size=0, min_train_steps=300)
+  cfg = experiment.resolve_batch_size(cfg, 143, replicas=1)
+  assert cfg.train.train_batch_size == 64
+  assert experiment.compute_schedule(cfg, 143).total_steps == 300
+  longer = dataclasses.replace(cfg, train=dataclasses.replace(
+      cfg.train, train_epochs=200.0))
+  assert experiment.compute_schedule(longer, 143).total_steps == 447
+  explicit = dataclasses.replace(cfg, train=dataclasses.replace(
+      cfg.train, train_steps=10))
+  assert experiment.compute_schedule(explicit, 143).total_steps == 10
+  lines = []
+  warm = dataclasses.replace(
+      explicit, optimizer=dataclasses.replace(cfg.optimizer,
+                                              warmup_epochs=10.0))
+  schedule = experiment.compute_schedule(warm, 143, lines.append)
+  assert (schedule.total_steps, schedule.warmup_steps) == (10, 9)
+  assert lines == ["warning: warmup_epochs=10.0 gives 22 warm-up steps for a "
+                   "10-step run; warming up for 9 instead"]
+
+
+def test_default_warm_up_longer_than_a_3_step_run_is_clipped(tmp_path):
+  from absl import flags as absl_flags
+  import flags as tf_simclr_flags
+  tf_simclr_flags.define_flags()
+  values = absl_flags.FLAGS
+  values.unparse_flags()
+  try:
+    values(["run.py", "--train_steps=3", "--train_batch_size=16",
+            "--width_multiplier=0.0625", "--proj_out_dim=16", "--mode=train",
+            "--export_at_end=false", "--distribution=one_device",
+            f"--model_dir={tmp_path}"])
+    cfg = tf_simclr_flags.config_from_flags(values)
+  finally:
+    values.unparse_flags()
+  assert cfg.optimizer.warmup_epochs == 2.0  # the default: 179 steps here
+  lines = []
+  experiment.run_experiment(cfg, print_fn=lines.append)
+  warnings = [l for l in lines if l.startswith("warning: ")]
+  assert len(warnings) == 1 and "warming up for 2 instead" in warnings[0]
+  assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-3")
 
 
 def test_export_at_end_and_from_checkpoint(tmp_path):

@@ -86,6 +86,41 @@ def test_finetune_uses_the_papers_recipe_unless_flags_are_given(parse):
   assert parse().optimizer.warmup_epochs == 2.0  # pretraining keeps its own
 
 
+def test_supervised_stages_derive_batch_and_length_unless_flags_are_given(
+    parse):
+  cfg = parse("--train_mode=finetune", "--checkpoint=/tmp/x")
+  assert (cfg.train.train_batch_size, cfg.train.min_train_steps,
+          cfg.head.ft_proj_selector) == (0, 300, 1)
+  cfg = parse("--train_mode=supervised")
+  assert (cfg.train.train_batch_size, cfg.train.min_train_steps,
+          cfg.head.ft_proj_selector) == (0, 300, 0)
+  # The paper's ImageNet flags give batch and length: no minimum applies.
+  cfg = parse("--train_mode=finetune", "--checkpoint=/tmp/x",
+              "--train_batch_size=1024", "--train_epochs=60",
+              "--ft_proj_selector=0")
+  assert (cfg.train.train_batch_size, cfg.train.min_train_steps,
+          cfg.head.ft_proj_selector) == (1024, 0, 0)
+  assert parse("--train_mode=distill", "--teacher_checkpoint=/x",
+               "--train_steps=5").train.min_train_steps == 0
+  cfg = parse()  # pretraining keeps the flag defaults
+  assert (cfg.train.train_batch_size, cfg.train.min_train_steps) == (256, 0)
+
+
+def test_digits_recipe_applies_to_digits_only(parse):
+  cfg = parse()
+  assert not cfg.data.horizontal_flip
+  assert cfg.data.finetune_min_crop_area == 0.4
+  assert cfg.train.knn_eval
+  assert cfg.train.probe_label_fractions == (0.01, 0.1, 1.0)
+  assert cfg.train.train_epochs == 60.0
+  assert parse("--horizontal_flip").data.horizontal_flip
+  assert parse("--train_mode=supervised").train.probe_label_fractions == ()
+  cfg = parse("--dataset=cifar10")
+  assert cfg.data.horizontal_flip and not cfg.train.knn_eval
+  assert cfg.data.finetune_min_crop_area == 0.08
+  assert cfg.train.probe_label_fractions == ()
+
+
 def test_config_json_round_trip(parse):
   cfg = parse("--probe_label_fractions=0.01,0.1", "--resnet_depth=50")
   restored = configs.ExperimentConfig.from_json(cfg.to_json())

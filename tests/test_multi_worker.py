@@ -20,7 +20,8 @@ COMMON = [f"--train_steps={TRAIN_STEPS}", "--checkpoint_steps=2",
           "--steps_per_loop=2", "--train_batch_size=8", "--eval_batch_size=64",
           "--width_multiplier=0.125", "--proj_out_dim=16",
           "--warmup_epochs=0", "--image_size=16", "--nojit_compile",
-          "--mode=train_then_eval"]
+          "--mode=train_then_eval", "--noknn_eval",
+          "--probe_label_fractions="]
 
 
 def _free_ports(count):

@@ -409,3 +409,14 @@ def test_mirrored_step_equals_single_device_mean_gradient(
       np.testing.assert_allclose(value, expected[k], rtol=1e-6, atol=1e-6,
                                  err_msg=k)
     assert np.max(np.abs(replica_values[0] - init[k])) > 1e-3, k
+
+
+@pytest.mark.parametrize("num_examples,replicas,batch", [
+    (10, 1, 16),      # digits 1 %: the floor
+    (143, 1, 64),     # digits 10 %: at most half the set
+    (1438, 1, 256),   # all digits: the ceiling
+    (12_811, 1, 256),  # ImageNet 1 %
+    (143, 3, 63),     # divisible by the replicas
+])
+def test_small_set_batch_size(num_examples, replicas, batch):
+  assert opt_lib.small_set_batch_size(num_examples, replicas) == batch

@@ -411,6 +411,7 @@ def test_tfds_not_prepared_error(tmp_path):
   message = str(info.value)
   assert "'mnist' is not prepared in " + str(tmp_path) in message
   assert f"tfds build mnist --data_dir={tmp_path}" in message
+  assert "--tfds_download" in message
   assert isinstance(info.value, ValueError)
 
 

@@ -84,11 +84,19 @@ class DataConfig:
   pretrain_image_size: int = 0
   color_jitter_strength: float = 1.0
   min_crop_area: float = 0.08
+  # Fine-tuning, supervised and distillation crops (the reference's 0.08).
+  finetune_min_crop_area: float = 0.08
+  horizontal_flip: bool = True
   use_blur: bool = True
   cache_dataset: bool = False
   skip_corrupt_images: bool = False
+  tfds_download: bool = False  # Download and prepare a missing TFDS dataset.
   shuffle_buffer_multiplier: int = 0  # 0: the reference's 50 (<=32 px) or 10.
   seed: int = 0
+
+  @property
+  def flip_prob(self) -> float:
+    return 0.5 if self.horizontal_flip else 0.0
 
   @property
   def pretrain_view_size(self) -> int:
@@ -113,9 +121,11 @@ class TrainConfig:
   train_mode: str = "pretrain"
   mode: str = "train_then_eval"
   model_dir: str = "/tmp/tf_simclr"
-  train_batch_size: int = 512
+  train_batch_size: int = 512  # 0: derived from the training set's size.
   train_epochs: float = 100.0
   train_steps: int = 0
+  # An epoch-derived length is raised to this many steps (0: no minimum).
+  min_train_steps: int = 0
   eval_batch_size: int = 256
   eval_steps: int = 0
   steps_per_loop: int = 0  # 0: min(checkpoint period, 50).

@@ -88,6 +88,13 @@ def _check_probability(name: str, value: Any) -> float:
   return float(value)
 
 
+def _check_crop_area(min_crop_area: Any) -> float:
+  if not isinstance(min_crop_area, numbers.Real) or not (
+      0.0 < min_crop_area <= 1.0):
+    raise ValueError(f"min_crop_area must be in (0, 1], got {min_crop_area!r}")
+  return float(min_crop_area)
+
+
 def _check_strength(strength: Any) -> float:
   if isinstance(strength, bool) or not isinstance(
       strength, numbers.Real) or not 0.0 <= strength <= MAX_COLOR_JITTER_STRENGTH:
@@ -508,6 +515,12 @@ def random_gaussian_blur_batch(images: tf.Tensor, seed: Any, image_size: int,
   return _clip(tf.where(keep, blurred, images))
 
 
+def _maybe_flip(image: tf.Tensor, seed: Any, prob: float) -> tf.Tensor:
+  # No conditional in the graph at all when flips are off.
+  return random_flip(image, seed, prob) if _check_probability(
+      "flip_prob", prob) > 0 else image
+
+
 # ----------------------------------------------------------------------------
 # Per-stage preprocessing.
 
@@ -518,7 +531,8 @@ def _prepare(image: tf.Tensor) -> tf.Tensor:
 
 def preprocess_for_pretrain_view(image: tf.Tensor, seed: Any, image_size: int,
                                  color_jitter_strength: float,
-                                 min_crop_area: float = 0.08) -> tf.Tensor:
+                                 min_crop_area: float = 0.08,
+                                 flip_prob: float = 0.5) -> tf.Tensor:
   """One SimCLR view: crop+resize, flip, colour distortion, clip (no blur).
 
   Args:
@@ -528,6 +542,8 @@ def preprocess_for_pretrain_view(image: tf.Tensor, seed: Any, image_size: int,
     color_jitter_strength: s in [0, 1.25]; 0 disables colour distortion.
     min_crop_area: lower end of the crop's area range (the reference's 0.08;
       tiny source images such as 8x8 digits keep their content with more).
+    flip_prob: probability of a left-right mirror (the reference's 0.5;
+      0 for images whose mirror is another class or none, such as digits).
   Returns:
     float32 [S, S, 3] in [0, 1].
   """
@@ -536,27 +552,31 @@ def preprocess_for_pretrain_view(image: tf.Tensor, seed: Any, image_size: int,
   crop_seed, flip_seed, color_seed = tf.unstack(split_seed(seed, 3))
   image = random_crop_resize(_prepare(image), crop_seed, image_size,
                              area_range=(min_crop_area, 1.0))
-  image = random_flip(image, flip_seed)
+  image = _maybe_flip(image, flip_seed, flip_prob)
   if strength > 0:
     image = random_color_distortion(image, color_seed, strength)
   return _clip(tf.reshape(image, [image_size, image_size, 3]))
 
 
 def preprocess_for_finetune(image: tf.Tensor, seed: Any,
-                            image_size: int) -> tf.Tensor:
+                            image_size: int, min_crop_area: float = 0.08,
+                            flip_prob: float = 0.5) -> tf.Tensor:
   """Fine-tuning augmentation: crop+resize and flip only.
 
   Args:
     image: uint8 or float [H, W, 1 or 3].
     seed: stateless seed [2].
     image_size: output side S.
+    min_crop_area: lower end of the crop's area range (the reference's 0.08).
+    flip_prob: probability of a left-right mirror (the reference's 0.5).
   Returns:
     float32 [S, S, 3] in [0, 1].
   """
   image_size = _check_positive_int("image_size", image_size)
   crop_seed, flip_seed = tf.unstack(split_seed(seed, 2))
-  image = random_crop_resize(_prepare(image), crop_seed, image_size)
-  image = random_flip(image, flip_seed)
+  image = random_crop_resize(_prepare(image), crop_seed, image_size,
+                             area_range=(min_crop_area, 1.0))
+  image = _maybe_flip(image, flip_seed, flip_prob)
   return _clip(tf.reshape(image, [image_size, image_size, 3]))
 
 
@@ -591,7 +611,8 @@ def preprocess_for_eval(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
 
 def build_pretrain_augment(
-    image_size: int, color_jitter_strength: float, min_crop_area: float = 0.08
+    image_size: int, color_jitter_strength: float, min_crop_area: float = 0.08,
+    flip_prob: float = 0.5
 ) -> Callable[[Dict[str, tf.Tensor], tf.Tensor], Dict[str, tf.Tensor]]:
   """Returns fn(example, seed) -> {"view1", "view2", "label"}.
 
@@ -602,11 +623,12 @@ def build_pretrain_augment(
     image_size: output side S of each view.
     color_jitter_strength: s in [0, 1.25].
     min_crop_area: lower end of the random crop's area range, in (0, 1].
+    flip_prob: probability of a left-right mirror of each view.
   """
   _check_positive_int("image_size", image_size)
   strength = _check_strength(color_jitter_strength)
-  if not 0.0 < min_crop_area <= 1.0:
-    raise ValueError(f"min_crop_area must be in (0, 1], got {min_crop_area}")
+  _check_crop_area(min_crop_area)
+  _check_probability("flip_prob", flip_prob)
 
   def augment(example: Dict[str, tf.Tensor], seed: tf.Tensor
               ) -> Dict[str, tf.Tensor]:
@@ -614,9 +636,11 @@ def build_pretrain_augment(
     image = example["image"]
     return {
         "view1": preprocess_for_pretrain_view(image, seed1, image_size,
-                                              strength, min_crop_area),
+                                              strength, min_crop_area,
+                                              flip_prob),
         "view2": preprocess_for_pretrain_view(image, seed2, image_size,
-                                              strength, min_crop_area),
+                                              strength, min_crop_area,
+                                              flip_prob),
         "label": example["label"],
     }
 
@@ -624,15 +648,18 @@ def build_pretrain_augment(
 
 
 def build_finetune_augment(
-    image_size: int
+    image_size: int, min_crop_area: float = 0.08, flip_prob: float = 0.5
 ) -> Callable[[Dict[str, tf.Tensor], tf.Tensor], Dict[str, tf.Tensor]]:
   """Returns fn(example, seed) -> {"image", "label"} (crop + flip)."""
   image_size = _check_positive_int("image_size", image_size)
+  _check_crop_area(min_crop_area)
+  _check_probability("flip_prob", flip_prob)
 
   def augment(example: Dict[str, tf.Tensor], seed: tf.Tensor
               ) -> Dict[str, tf.Tensor]:
     return {
-        "image": preprocess_for_finetune(example["image"], seed, image_size),
+        "image": preprocess_for_finetune(example["image"], seed, image_size,
+                                         min_crop_area, flip_prob),
         "label": example["label"],
     }
 

@@ -163,6 +163,7 @@ def build_pretrain_dataset(
     image_size: int,
     color_jitter_strength: float,
     min_crop_area: float = 0.08,
+    flip_prob: float = 0.5,
     input_context: Optional[tf.distribute.InputContext] = None,
     seed: int = 0,
     cache: bool = False,
@@ -178,6 +179,7 @@ def build_pretrain_dataset(
     image_size: side length of the square views.
     color_jitter_strength: colour distortion strength s (SPEC §5.1).
     min_crop_area: lower end of the random crop's area range.
+    flip_prob: probability of mirroring each view left-right.
     input_context: reads only this input pipeline's shard when given.
     seed: seeds the file order, the shuffle buffer and the augmentations.
     cache: cache the decoded raw examples in memory after the first pass.
@@ -194,7 +196,7 @@ def build_pretrain_dataset(
   _check_positive_int("image_size", image_size)
   augment_fn = augment.build_pretrain_augment(image_size,
                                               color_jitter_strength,
-                                              min_crop_area)
+                                              min_crop_area, flip_prob)
   return _build_training_dataset(
       source, split, augment_fn,
       per_replica_batch_size=per_replica_batch_size, image_size=image_size,
@@ -209,6 +211,8 @@ def build_finetune_dataset(
     *,
     per_replica_batch_size: int,
     image_size: int,
+    min_crop_area: float = 0.08,
+    flip_prob: float = 0.5,
     input_context: Optional[tf.distribute.InputContext] = None,
     seed: int = 0,
     cache: bool = False,
@@ -222,6 +226,8 @@ def build_finetune_dataset(
     split: split to read.
     per_replica_batch_size: examples per batch (every batch is full).
     image_size: side length of the square images.
+    min_crop_area: lower end of the random crop's area range.
+    flip_prob: probability of mirroring an image left-right.
     input_context: reads only this input pipeline's shard when given.
     seed: seeds the file order, the shuffle buffer and the augmentations.
     cache: cache the decoded raw examples in memory after the first pass.
@@ -235,7 +241,8 @@ def build_finetune_dataset(
     A dataset of {"image": float32 [b, S, S, 3], "label": int32 [b]}.
   """
   _check_positive_int("image_size", image_size)
-  augment_fn = augment.build_finetune_augment(image_size)
+  augment_fn = augment.build_finetune_augment(image_size, min_crop_area,
+                                              flip_prob)
   return _build_training_dataset(
       source, split, augment_fn,
       per_replica_batch_size=per_replica_batch_size, image_size=image_size,

@@ -164,6 +164,10 @@ class DataSource(abc.ABC):
     del split
     return 0
 
+  def undecodable_files(self) -> list[str]:
+    """Files skipped so far because they failed to decode (image folders)."""
+    return []
+
   @abc.abstractmethod
   def example_index(self, split: str) -> tuple[list[str], np.ndarray]:
     """(ids, int32 labels) of every example of `split`, without decoding images.
@@ -356,6 +360,7 @@ class ImageFolderSource(DataSource):
     self._class_ids = {c: i for i, c in enumerate(classes)}
     self._listings: dict[str, tuple[list[str], np.ndarray]] = {}
     self._skipped: dict[str, list[str]] = {}
+    self._undecodable: set[str] = set()
 
   def _listing(self, split: str) -> tuple[list[str], np.ndarray]:
     """Sorted relative paths and labels of the readable files of `split`."""
@@ -454,11 +459,26 @@ class ImageFolderSource(DataSource):
       examples = examples.filter(lambda ex: tf.size(ex["image"]) > 0)
     return examples
 
+  def undecodable_files(self) -> list[str]:
+    return sorted(self._undecodable)
+
   def _load_or_report(self, file: dict[str, tf.Tensor]) -> tf.data.Dataset:
     one = tf.data.Dataset.from_tensors(file)
     decoded = one.map(_decode_file).ignore_errors()
-    report = _skip_marker if self.skip_corrupt_images else _raise_corrupt
+    report = self._skip_marker if self.skip_corrupt_images else _raise_corrupt
     return decoded.concatenate(one.map(report)).take(1)
+
+  def _skip_marker(self, file: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def remember(path):
+      # Distinct files: every epoch meets the same corrupt file again.
+      self._undecodable.add(path.numpy().decode("utf-8"))
+      return True
+
+    log = tf.print("WARNING: skipping corrupt image file", file["path"])
+    noted = tf.py_function(remember, [file["path"]], tf.bool)
+    with tf.control_dependencies([log, noted]):
+      image = tf.zeros([0, 0, 3], tf.uint8)
+    return {"image": image, "label": file["label"], "id": file["id"]}
 
 
 def _decode_file(file: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -470,16 +490,9 @@ def _decode_file(file: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 
 def _raise_corrupt(file: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   check = tf.debugging.Assert(
-      False, ["Corrupt image file (set skip_corrupt_images to skip it):",
-              file["path"]])
+      False, ["corrupt or truncated image file", file["path"],
+              "(--skip_corrupt_images skips and counts such files)"])
   with tf.control_dependencies([check]):
-    image = tf.zeros([0, 0, 3], tf.uint8)
-  return {"image": image, "label": file["label"], "id": file["id"]}
-
-
-def _skip_marker(file: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-  log = tf.print("WARNING: skipping corrupt image file", file["path"])
-  with tf.control_dependencies([log]):
     image = tf.zeros([0, 0, 3], tf.uint8)
   return {"image": image, "label": file["label"], "id": file["id"]}
 
@@ -597,14 +610,17 @@ class TfdsSource(DataSource):
     return ids, np.asarray(labels, np.int32)
 
 
-def _not_prepared_message(name: str, data_dir: Optional[str]) -> str:
+def _not_prepared_message(name: str, data_dir: Optional[str],
+                          offer_download: bool = True) -> str:
   where = data_dir if data_dir else "the TFDS default data_dir"
   target = f"--data_dir={data_dir}" if data_dir else "--data_dir=<dir>"
+  download = (", or let this run download and prepare it (--tfds_download; "
+              "needs internet access)" if offer_download else "")
   return (
       f"TFDS dataset {name!r} is not prepared in {where}. Prepare it on a "
       f"machine with internet access (`tfds build {name} {target}`) and copy "
-      "the prepared folder over, point data_dir at an existing prepared copy, "
-      "or allow downloading (download=True).")
+      "the prepared folder over, or point data_dir at an existing prepared "
+      f"copy{download}.")
 
 
 def _tfds_source(name: str, data_dir: Optional[str],
@@ -627,7 +643,8 @@ def _tfds_source(name: str, data_dir: Optional[str],
     except Exception as e:  # Any failure means the same thing to the user.
       raise DatasetNotPreparedError(
           f"Downloading TFDS dataset {name!r} failed ({type(e).__name__}: "
-          f"{e}). " + _not_prepared_message(name, data_dir)) from e
+          f"{e}). " + _not_prepared_message(name, data_dir,
+                                             offer_download=False)) from e
   return TfdsSource(builder, name)
 
 

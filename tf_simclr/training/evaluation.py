@@ -162,3 +162,35 @@ def linear_probe_top1(train_features: np.ndarray, train_labels: np.ndarray,
   classifier.fit(scaler.transform(train_features), train_labels)
   predictions = classifier.predict(scaler.transform(test_features))
   return float(np.mean(predictions == test_labels))
+
+
+def raw_pixel_features(dataset: tf.data.Dataset,
+                       batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+  """Flattened source pixels in [0, 1] and labels: the no-learning baseline.
+
+  Images are taken at the first image's size (others resized to it), and as
+  one channel when every image is grey (sources replicate grey images to
+  three channels; three copies of a pixel would only weaken the probe's
+  regularisation).
+
+  Args:
+    dataset: one pass of {"image": uint8 [H, W, C], "label"} examples, in
+      the order of the features the probe is compared with.
+    batch_size: examples converted at a time.
+  """
+  first = next(iter(dataset.take(1)))["image"]
+  height, width = int(first.shape[0]), int(first.shape[1])
+
+  def to_pixels(example):
+    image = tf.cast(example["image"], tf.float32) / 255.0
+    image = tf.image.resize(image, [height, width])
+    return image, example["label"]
+
+  images, labels = [], []
+  for x, y in dataset.map(to_pixels).batch(batch_size):
+    images.append(x.numpy())
+    labels.append(y.numpy())
+  images, labels = np.concatenate(images), np.concatenate(labels)
+  if np.array_equal(images[..., :1].repeat(images.shape[-1], axis=-1), images):
+    images = images[..., :1]
+  return images.reshape(len(images), -1), labels

@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -55,22 +56,42 @@ class Schedule:
 
 
 def compute_schedule(cfg: configs.ExperimentConfig,
-                     num_train_examples: int) -> Schedule:
-  """Training lengths; `train_steps` > 0 wins over `train_epochs` (SPEC §4.4)."""
+                     num_train_examples: int,
+                     warn: Callable[[str], None] = print) -> Schedule:
+  """Training lengths; `train_steps` > 0 wins over `train_epochs` (SPEC §4.4).
+
+  An epoch-derived length is raised to `min_train_steps`; a warm-up as long
+  as the run is clipped to end one step before it (with a warning).
+  """
   t, o = cfg.train, cfg.optimizer
   batch = t.train_batch_size
   total = optimizer_lib.total_train_steps(num_train_examples, batch,
                                           t.train_epochs, t.train_steps)
+  if not t.train_steps and total < t.min_train_steps:
+    total = t.min_train_steps
   warmup = optimizer_lib.warmup_steps(o.warmup_epochs, num_train_examples,
                                       batch)
   if warmup >= total:
-    raise ValueError(
-        f"warmup_epochs={o.warmup_epochs} gives {warmup} warm-up steps, not "
-        f"fewer than the {total} training steps; shorten the warm-up")
+    # The original code just ends such a run inside its warm-up; a smoke run
+    # of a few steps should not need a hand-shortened warm-up either.
+    clipped = total - 1
+    warn(f"warning: warmup_epochs={o.warmup_epochs} gives {warmup} warm-up "
+         f"steps for a {total}-step run; warming up for {clipped} instead")
+    warmup = clipped
   epoch = optimizer_lib.epoch_steps(num_train_examples, batch)
   period = t.checkpoint_steps or max(1, int(round(t.checkpoint_epochs * epoch)))
   per_loop = t.steps_per_loop or min(period, 50)
   return Schedule(num_train_examples, total, warmup, epoch, period, per_loop)
+
+
+def resolve_batch_size(cfg: configs.ExperimentConfig, num_train_examples: int,
+                       replicas: int) -> configs.ExperimentConfig:
+  """`cfg` with train_batch_size 0 ("derive") replaced by the derived batch."""
+  if cfg.train.train_batch_size:
+    return cfg
+  batch = optimizer_lib.small_set_batch_size(num_train_examples, replicas)
+  return dataclasses.replace(
+      cfg, train=dataclasses.replace(cfg.train, train_batch_size=batch))
 
 
 def _check_writable(directory: str) -> None:
@@ -178,7 +199,8 @@ def _view_grid_summary(source, cfg: configs.ExperimentConfig
       source, cfg.data.train_split, per_replica_batch_size=8,
       image_size=cfg.data.pretrain_view_size,
       color_jitter_strength=cfg.data.color_jitter_strength,
-      min_crop_area=cfg.data.min_crop_area, seed=cfg.data.seed + 1)
+      min_crop_area=cfg.data.min_crop_area, flip_prob=cfg.data.flip_prob,
+      seed=cfg.data.seed + 1)
   iterator = iter(preview)
   state = {"calls": 0}
 
@@ -211,12 +233,12 @@ def run_experiment(cfg: configs.ExperimentConfig,
       gcp_project=t.gcp_project, master=t.master)
   replicas = strategy.num_replicas_in_sync
   chief = strategy_lib.is_chief(strategy)
-  strategy_lib.check_global_batch(t.train_batch_size, strategy)
   strategy_lib.check_global_batch(t.eval_batch_size, strategy,
                                   "eval_batch_size")
 
   source = sources.get_source(d.dataset, d.data_dir,
-                              skip_corrupt_images=d.skip_corrupt_images)
+                              skip_corrupt_images=d.skip_corrupt_images,
+                              download=d.tfds_download)
   train_source = _training_source(cfg, source, print_fn)
   train_split = (t.unlabelled_split or d.train_split
                  if t.train_mode == "distill" else d.train_split)
@@ -224,7 +246,10 @@ def run_experiment(cfg: configs.ExperimentConfig,
   num_eval = source.num_examples(d.eval_split)
   cfg = dataclasses.replace(
       cfg, head=dataclasses.replace(cfg.head, num_classes=source.num_classes))
-  schedule = compute_schedule(cfg, num_train)
+  cfg = resolve_batch_size(cfg, num_train, replicas)
+  t = cfg.train
+  strategy_lib.check_global_batch(t.train_batch_size, strategy)
+  schedule = compute_schedule(cfg, num_train, print_fn)
   _check_writable(t.model_dir)
   if chief:
     _write_json(os.path.join(t.model_dir, CONFIG_FILE), cfg.to_dict())
@@ -274,6 +299,7 @@ def run_experiment(cfg: configs.ExperimentConfig,
           "no --checkpoint was given")
     results.update(_evaluate(cfg, strategy, model, source))
     results["global_step"] = int(global_step.numpy())
+    _count_skipped_files(source, results, print_fn)
     if chief:
       _write_json(os.path.join(t.model_dir, RESULT_FILE), results)
       _write_json(os.path.join(
@@ -284,11 +310,29 @@ def run_experiment(cfg: configs.ExperimentConfig,
     if chief:
       results.update(_export(cfg, export_model, int(global_step.numpy()),
                              dict(results), print_fn))
+  if SKIPPED_FILES not in results:
+    _count_skipped_files(source, results, print_fn)
   if results:
     shown = " | ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                        for k, v in sorted(results.items()))
     print_fn(f"final: {shown}")
+    summary = probe_summary(results)
+    if summary:
+      print_fn(f"summary: {summary}")
   return results
+
+
+SKIPPED_FILES = "skipped_corrupt_images"
+
+
+def _count_skipped_files(source, results: dict, print_fn) -> None:
+  """Reports the files `--skip_corrupt_images` dropped while decoding."""
+  undecodable = source.undecodable_files()
+  if undecodable:
+    more = " ..." if len(undecodable) > 5 else ""
+    print_fn(f"skipped {len(undecodable)} undecodable image file(s): "
+             f"{', '.join(undecodable[:5])}{more}")
+    results[SKIPPED_FILES] = len(undecodable)
 
 
 def _export(cfg: configs.ExperimentConfig, model: keras.Model, step: int,
@@ -405,6 +449,10 @@ def _distributed_training_data(cfg, strategy, source, split, start_step,
   return strategy.distribute_datasets_from_function(dataset_fn)
 
 
+def _finetune_augment(d: configs.DataConfig) -> dict:
+  return {"min_crop_area": d.finetune_min_crop_area, "flip_prob": d.flip_prob}
+
+
 def _make_trainer(cfg, strategy, model, optimizer, source, train_source,
                   train_split, memory, print_fn):
   d, t, o = cfg.data, cfg.train, cfg.optimizer
@@ -423,7 +471,7 @@ def _make_trainer(cfg, strategy, model, optimizer, source, train_source,
         pipelines.build_pretrain_dataset,
         image_size=d.pretrain_view_size,
         color_jitter_strength=d.color_jitter_strength,
-        min_crop_area=d.min_crop_area)
+        min_crop_area=d.min_crop_area, flip_prob=d.flip_prob)
     return pretrain.PretrainTrainer(
         strategy, model, optimizer, dataset,
         optimizer_name=o.optimizer, weight_decay=o.weight_decay,
@@ -436,7 +484,7 @@ def _make_trainer(cfg, strategy, model, optimizer, source, train_source,
   if t.train_mode in ("finetune", "supervised"):
     dataset = _distributed_training_data(
         cfg, strategy, train_source, d.train_split, start_step,
-        pipelines.build_finetune_dataset)
+        pipelines.build_finetune_dataset, **_finetune_augment(d))
     return finetune.FinetuneTrainer(
         strategy, model, optimizer, dataset, optimizer_name=o.optimizer,
         weight_decay=o.weight_decay, jit_compile=jit)
@@ -445,7 +493,7 @@ def _make_trainer(cfg, strategy, model, optimizer, source, train_source,
   teacher = distill.load_teacher(t.teacher_checkpoint, strategy, print_fn)
   unlabelled = _distributed_training_data(
       cfg, strategy, source, train_split, start_step,
-      pipelines.build_finetune_dataset)
+      pipelines.build_finetune_dataset, **_finetune_augment(d))
   if t.distill_label_weight > 0:
     labelled_source = _training_source(
         dataclasses.replace(cfg, train=dataclasses.replace(
@@ -453,7 +501,7 @@ def _make_trainer(cfg, strategy, model, optimizer, source, train_source,
     dataset = {"unlabelled": unlabelled,
                "labelled": _distributed_training_data(
                    cfg, strategy, labelled_source, d.train_split, start_step,
-                   pipelines.build_finetune_dataset)}
+                   pipelines.build_finetune_dataset, **_finetune_augment(d))}
   else:
     dataset = unlabelled
   trainer = distill.DistillTrainer(
@@ -543,14 +591,53 @@ def _evaluate(cfg, strategy, model, source) -> dict:
         random_model = build_model(cfg, strategy.num_replicas_in_sync)
       random_train_x, _ = features(d.train_split, random_model)
       random_test_x, _ = features(d.eval_split, random_model)
+      pixels_train_x, pixels_train_y = evaluation.raw_pixel_features(
+          source.make_dataset(d.train_split))
+      pixels_test_x, _ = evaluation.raw_pixel_features(
+          source.make_dataset(d.eval_split))
+      if not np.array_equal(pixels_train_y, train_y):
+        raise RuntimeError("probe passes over the train split disagree on "
+                           "the example order")
+      # The subsets fine-tuning picks with the same --label_fraction and
+      # --seed (chosen by example id), when the index lists the examples in
+      # the order read here.
+      train_ids, id_labels = source.example_index(d.train_split)
+      if not np.array_equal(id_labels, train_y):
+        train_ids = None
+      probed = {PRETRAINED: (train_x, test_x),
+                RANDOM_INIT: (random_train_x, random_test_x),
+                RAW_PIXELS: (pixels_train_x, pixels_test_x)}
       for fraction in t.probe_label_fractions:
-        indices = subsets.class_balanced_subset(train_y, fraction, seed=t.seed)
+        indices = subsets.class_balanced_subset(train_y, fraction, seed=t.seed,
+                                                example_ids=train_ids)
         tag = f"{fraction:g}"
-        results[f"probe_{tag}_pretrained_top_1"] = (
-            evaluation.linear_probe_top1(train_x, train_y, test_x, test_y,
-                                         indices))
-        results[f"probe_{tag}_random_init_top_1"] = (
-            evaluation.linear_probe_top1(random_train_x, train_y,
-                                         random_test_x, test_y, indices))
+        for name, (x_train, x_test) in probed.items():
+          results[f"probe_{tag}_{name}_top_1"] = evaluation.linear_probe_top1(
+              x_train, train_y, x_test, test_y, indices)
         results[f"probe_{tag}_num_labels"] = int(len(indices))
   return results
+
+
+PRETRAINED = "pretrained"
+RANDOM_INIT = "random_init"
+RAW_PIXELS = "raw_pixels"
+
+
+def probe_summary(results: dict) -> str | None:
+  """One line putting each probe next to its baselines, and k-NN; or None."""
+  parts = []
+  fractions = sorted({float(k.split("_")[1]) for k in results
+                      if k.startswith("probe_") and k.endswith("_num_labels")})
+  for fraction in fractions:
+    tag = f"{fraction:g}"
+    scores = " / ".join(
+        f"{results[f'probe_{tag}_{name}_top_1']:.3f}"
+        for name in (PRETRAINED, RANDOM_INIT, RAW_PIXELS))
+    parts.append(f"{fraction:.0%} labels "
+                 f"({results[f'probe_{tag}_num_labels']}) {scores}")
+  if parts:
+    parts[0] = ("linear probe top-1, pretrained / random init / raw pixels: "
+                + parts[0])
+  if "knn_top_1_accuracy" in results:
+    parts.append(f"k-NN top-1 {results['knn_top_1_accuracy']:.3f}")
+  return " | ".join(parts) or None

@@ -113,6 +113,33 @@ def total_train_steps(num_examples: int, global_batch_size: int,
   return int(math.floor(num_examples * train_epochs / global_batch_size)) + 1
 
 
+# Bounds of the batch derived from a small labelled set (`small_set_batch_size`).
+MAX_DERIVED_BATCH = 256
+MIN_DERIVED_BATCH = 16
+
+
+def small_set_batch_size(num_examples: int, replicas: int = 1) -> int:
+  """The global batch a supervised stage uses when none is given.
+
+  The largest power of two not above half the training set, within
+  [MIN_DERIVED_BATCH, MAX_DERIVED_BATCH], rounded down to a multiple of
+  `replicas` (at least one example per replica). A batch of half the set
+  leaves at least two different batches per epoch; with the sqrt
+  learning-rate scaling the learning rate follows, so 143 labelled digits
+  train at batch 64 (peak 0.05 * 8 = 0.4) rather than at one batch of 256
+  holding every image about twice.
+
+  Args:
+    num_examples: Training examples per epoch.
+    replicas: Replicas in sync; the batch must divide evenly among them.
+  """
+  _check_positive("num_examples", num_examples)
+  _check_positive("replicas", replicas)
+  batch = 2 ** max(0, int(math.floor(math.log2(max(1, num_examples / 2)))))
+  batch = min(MAX_DERIVED_BATCH, max(MIN_DERIVED_BATCH, batch))
+  return max(replicas, batch - batch % replicas)
+
+
 def epoch_steps(num_examples: int, global_batch_size: int) -> int:
   """Steps per epoch, round(N / B) but at least one.
 
