@@ -72,8 +72,9 @@ def test_pretrain_is_reproducible_per_seed(digits):
 
 
 def test_each_example_gets_its_position_seed(digits, monkeypatch):
-  def seed_recorder(image_size, color_jitter_strength, min_crop_area):
-    del image_size, color_jitter_strength, min_crop_area
+  def seed_recorder(image_size, color_jitter_strength, min_crop_area,
+                    flip_prob):
+    del image_size, color_jitter_strength, min_crop_area, flip_prob
     return lambda example, seed: {"seed": seed, "label": example["label"]}
 
   monkeypatch.setattr(pipelines.augment, "build_pretrain_augment",
@@ -297,7 +298,7 @@ def test_resume_never_decodes_the_consumed_files(tmp_path):
 
   corrupted = sources.get_source("image_folder", str(tmp_path))
   with pytest.raises(tf.errors.InvalidArgumentError,
-                     match="Corrupt image file"):
+                     match="corrupt or truncated image file"):
     _take(_finetune(corrupted), 1)
   resumed = _take(_finetune(corrupted, start_batch=start), len(epoch) - start)
   assert len(resumed) == len(epoch) - start
