@@ -237,8 +237,8 @@ def format_table(rows: list[dict]) -> str:
   for r in rows:
     flags = " ".join(r["flags"]) or "defaults"
     if r["precision"] != "float32":
-      flags = f"`--precision={r['precision']}` " + (
-          "" if flags == "defaults" else flags)
+      flags = " ".join([f"`--precision={r['precision']}`"] +
+                       ([] if flags == "defaults" else [flags]))
     lines.append(
         f"| {r['describe']} | {flags} | "
         f"{r['original_images_per_sec']:.2f} img/s, "
