@@ -136,17 +136,34 @@ def test_resume_continues_at_the_exact_step_and_matches_uninterrupted(
 # does (sync BN, gathered NT-Xent) plus the all-gathered queue.
 @pytest.mark.parametrize("memory_size", [24])
 def test_two_replica_run(tmp_path, two_cpu_strategy, memory_size):
-  cfg = tiny_config(tmp_path, train_steps=2, knn_eval=True)
+  cfg = tiny_config(tmp_path, train_steps=2, knn_eval=True,
+                    probe_label_fractions=(0.1,))
   cfg = dataclasses.replace(
       cfg, model=dataclasses.replace(cfg.model, global_bn=True),
       loss=dataclasses.replace(cfg.loss, memory_size=memory_size))
-  results = experiment.run_experiment(cfg, print_fn=lambda _: 0,
+  lines = []
+  results = experiment.run_experiment(cfg, print_fn=lines.append,
                                       strategy=two_cpu_strategy)
   assert results["global_step"] == 2
   assert np.isfinite(results["train_total_loss"])
   # Eval and k-NN features ran on both replicas over padded full batches.
   assert results["eval_examples"] == 359
   assert 0.0 < results["knn_top_1_accuracy"] <= 1.0
+  # One input pipeline keeps the source's order, so the raw-pixel baseline
+  # is matched to the gathered features; raw digits pixels probe well.
+  assert results["probe_0.1_num_labels"] == 143
+  assert results["probe_0.1_raw_pixels_top_1"] > 0.8
+  summary = [l for l in lines if l.startswith("summary: ")]
+  assert summary == [f"summary: {experiment.probe_summary(results)}"]
+
+
+def test_probe_summary_marks_a_missing_baseline():
+  results = {"probe_0.1_num_labels": 143, "probe_0.1_pretrained_top_1": 0.9,
+             "probe_0.1_random_init_top_1": 0.5, "knn_top_1_accuracy": 0.8}
+  assert experiment.probe_summary(results) == (
+      "linear probe top-1, pretrained / random init / raw pixels: "
+      "10% labels (143) 0.900 / 0.500 / n/a | k-NN top-1 0.800")
+  assert experiment.probe_summary({"eval_examples": 3}) is None
 
 
 def test_rejects_batch_not_divisible_by_replicas(tmp_path, two_cpu_strategy):
