@@ -1,4 +1,4 @@
-"""Projection head and supervised (linear) head (SPEC §2.1-§2.3)."""
+"""Projection head and supervised (linear) head."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ class ProjectionHead(layers_lib.BatchNormOptionsLayer):
     `out_dim` with a beta-free BN and no ReLU.
   * 'linear': a single Dense(D -> out_dim, no bias) + beta-free BN.
   * 'none': the output is the input.
-  (The reference's 'linear' and 'none' modes are broken, quirk Q5; these are
-  their intended semantics.)
+  (The original code's 'linear' and 'none' modes are broken; these are their
+  intended semantics, docs/COMPATIBILITY.md.)
 
   With hiddens = [h, a_1, ..., a_L] (a_j the output of layer j), the call
   returns {PROJ_HEAD_OUTPUT: hiddens[-1], SUPERVISED_HEAD_INPUT:
@@ -137,7 +137,7 @@ class SupervisedHead(keras.layers.Layer):
   Args:
     num_classes: number of logits.
     zero_init: initialise kernel and bias to zero (the reference's
-      `zero_init_logits_layer`, which was ineffective there, quirk Q4); when
+      `zero_init_logits_layer`, which was ineffective there); when
       False the kernel is RandomNormal(0, 0.01) and the bias zero. Weights
       restored from a checkpoint afterwards replace the initial values; call
       `zero_weights()` after restoring to zero them again.

@@ -1,4 +1,4 @@
-"""Building blocks of the ResNet backbone and the heads (SPEC §1.3-§1.10).
+"""Building blocks of the ResNet backbone and the heads.
 
 All convolutions are bias-free (except inside squeeze-excitation) and use the
 fan-in truncated-normal `VarianceScaling` initializer; all batch norms are plain
@@ -79,7 +79,7 @@ def fixed_padding(inputs: tf.Tensor, kernel_size: int) -> tf.Tensor:
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Conv2dFixedPadding(keras.layers.Layer):
-  """Bias-free convolution; strided convolutions pad explicitly (SPEC §1.3).
+  """Bias-free convolution; strided convolutions pad explicitly.
 
   Stride 1 uses symmetric 'same' padding. Stride > 1 pads (k-1)//2 before and
   the rest after, then runs a 'valid' convolution, which differs from TF 'same'
@@ -290,7 +290,7 @@ class BatchNormRelu(BatchNormOptionsLayer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SelectiveKernel(BatchNormOptionsLayer):
-  """Selective-kernel convolution of the SimCLRv2 backbone (SPEC §1.9).
+  """Selective-kernel convolution of the SimCLRv2 backbone.
 
   A single 3x3 convolution produces 2*filters channels whose two contiguous
   halves act as the two branches; a squeeze path computes a per-channel
@@ -347,7 +347,7 @@ class SelectiveKernel(BatchNormOptionsLayer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SqueezeExcitation(keras.layers.Layer):
-  """Channel gating by squeeze-excitation (SPEC §1.10).
+  """Channel gating by squeeze-excitation.
 
   The bottleneck width comes from the block's base filters, not from the
   (possibly 4x wider) tensor being gated; the expansion restores the input's
@@ -390,12 +390,12 @@ class SqueezeExcitation(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class ShortcutAvgPool(keras.layers.Layer):
-  """The average pool of the ResNet-D shortcut (SPEC §1.6).
+  """The average pool of the ResNet-D shortcut.
 
   Stride 2: zero-pad one row/column after, then a 2x2/2 'valid' pool (padded
-  zeros count in the mean). Stride 1 (reference quirk Q1, kept for weight
-  compatibility): a 2x2/1 'same' pool, i.e. a box filter over (i..i+1,
-  j..j+1) whose last row/column average only the in-bounds cells.
+  zeros count in the mean). Stride 1 (the original code's, kept because
+  released weights depend on it): a 2x2/1 'same' pool, i.e. a box filter over
+  (i..i+1, j..j+1) whose last row/column average only the in-bounds cells.
 
   Args:
     strides: 1 or 2.

@@ -1,4 +1,4 @@
-"""Post-activation ResNet backbone of SimCLR / SimCLRv2 (SPEC §1).
+"""Post-activation ResNet backbone of SimCLR / SimCLRv2.
 
 The backbone returns a dict of named intermediate tensors (module constants
 below). Everything is static-shape friendly so the train step can be compiled
@@ -65,7 +65,7 @@ def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Stem(layers_lib.BatchNormOptionsLayer):
-  """Input stem (SPEC §1.5); returns (initial_conv, initial_max_pool).
+  """Input stem; returns (initial_conv, initial_max_pool).
 
   * 'cifar': 3x3/1 conv -> BN+ReLU; no pooling.
   * 'imagenet': 7x7/2 conv -> BN+ReLU -> 3x3/2 'same' max pool.
@@ -275,7 +275,7 @@ class BasicBlock(ResidualBlock):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class BottleneckBlock(ResidualBlock):
-  """ResNet-50+ block with 4x expansion and the stride on the 3x3 (SPEC §1.8).
+  """ResNet-50+ block with 4x expansion and the stride on the 3x3.
 
   1x1 (filters) -> BN+ReLU -> 3x3/s conv + BN+ReLU, or a `SelectiveKernel`
   when sk_ratio > 0 -> 1x1 (4 * filters) -> BN(gamma 0) [-> SE];
@@ -374,7 +374,8 @@ class BlockGroup(layers_lib.BatchNormOptionsLayer):
   """A stage of blocks; the first has the stride and a projection shortcut.
 
   Every group's first block gets a projection shortcut, also in group 1 where
-  shapes would allow the identity (reference quirk Q2, needed for weights).
+  shapes would allow the identity (as in the original code; its weights
+  include it).
 
   Args:
     filters: base filters of every block.
@@ -456,9 +457,9 @@ class ResNet(keras.Model):
 
   Freezing (`fine_tune_after_block` of the reference): parts up to and
   including `frozen_through_block` are non-trainable, their batch norms always
-  run in inference mode (a deliberate fix of reference quirk Q3, where frozen
-  BN kept using batch statistics and updating moving averages), and a
-  stop-gradient is placed on the last frozen part's output.
+  run in inference mode (a deliberate difference from the original code,
+  where frozen BN kept using batch statistics and updating moving averages),
+  and a stop-gradient is placed on the last frozen part's output.
 
   Args:
     depth: one of `RESNET_SPECS` (18, 34, 50, 101, 152, 200).
