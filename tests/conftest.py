@@ -68,3 +68,47 @@ tf.distribute.MirroredStrategy.__init__ = _mirrored_init_with_fresh_keys
 @pytest.fixture
 def two_cpu_strategy():
   return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+# The export tests (test_export.py, test_hub.py) share one tiny model and the
+# outputs its SavedModels must carry.
+EXPORT_IMAGE_SIZE = 16
+EXPORT_OUTPUT_KEYS = ("initial_conv", "initial_max_pool", "block_group1",
+                      "block_group2", "block_group3", "block_group4",
+                      "final_avg_pool", "proj_head_input", "proj_head_output",
+                      "logits_sup")
+
+
+def tiny_export_model(num_classes: int, train_mode: str = "finetune"):
+  """A built R18 at width 0.125, seeded, with a head of `num_classes`."""
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top
+  from tf_simclr import configs  # pylint: disable=g-import-not-at-top
+  from tf_simclr.models import builder  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(0)
+  model = builder.build_model(
+      configs.ModelConfig(width_multiplier=0.125, global_bn=True),
+      configs.HeadConfig(num_classes=num_classes,
+                         lineareval_while_pretraining=False),
+      train_mode)
+  model(tf.zeros([1, EXPORT_IMAGE_SIZE, EXPORT_IMAGE_SIZE, 3]),
+        training=False)
+  return model
+
+
+def randomise_batch_norm(model, seed: int, affine: bool = True) -> None:
+  """Moves BN statistics (and gamma/beta if `affine`) away from (0, 1), so
+  inference and training mode give different outputs."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(seed)
+  for layer in model.submodules:
+    if not isinstance(layer, keras.layers.BatchNormalization):
+      continue
+    shape = layer.moving_mean.shape
+    layer.moving_mean.assign(rng.normal(0.0, 0.2, shape).astype(np.float32))
+    layer.moving_variance.assign(
+        rng.uniform(0.5, 2.0, shape).astype(np.float32))
+    if affine and layer.gamma is not None:
+      layer.gamma.assign(rng.uniform(0.5, 1.5, shape).astype(np.float32))
+    if affine and layer.beta is not None:
+      layer.beta.assign(rng.normal(0.0, 0.1, shape).astype(np.float32))

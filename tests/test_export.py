@@ -15,45 +15,20 @@ import tf_keras as keras
 from tensorflow.core.protobuf import saved_model_pb2
 
 import tf_simclr
-from tf_simclr import configs
 from tf_simclr.data import augment
 from tf_simclr.export import serving
-from tf_simclr.models import builder
 
-IMAGE_SIZE = 16
+from conftest import EXPORT_IMAGE_SIZE as IMAGE_SIZE
+from conftest import EXPORT_OUTPUT_KEYS as OUTPUT_KEYS
+from conftest import randomise_batch_norm
+from conftest import tiny_export_model
+
 NUM_CLASSES = 5
 TOP_K = 3
-OUTPUT_KEYS = ("initial_conv", "initial_max_pool", "block_group1",
-               "block_group2", "block_group3", "block_group4",
-               "final_avg_pool", "proj_head_input", "proj_head_output",
-               "logits_sup")
 
 
-def tiny_model(train_mode: str = "finetune",
-               num_classes: int = NUM_CLASSES) -> keras.Model:
-  keras.utils.set_random_seed(0)
-  model = builder.build_model(
-      configs.ModelConfig(width_multiplier=0.125, global_bn=True),
-      configs.HeadConfig(num_classes=num_classes,
-                         lineareval_while_pretraining=False),
-      train_mode)
-  model(tf.zeros([1, IMAGE_SIZE, IMAGE_SIZE, 3]), training=False)
-  return model
-
-
-def randomise_batch_norm(model: keras.Model, seed: int) -> None:
-  """Moves BN statistics away from (0, 1) so inference != training mode."""
-  rng = np.random.RandomState(seed)
-  for layer in model.submodules:
-    if isinstance(layer, keras.layers.BatchNormalization):
-      shape = layer.moving_mean.shape
-      layer.moving_mean.assign(rng.normal(0.0, 0.2, shape).astype(np.float32))
-      layer.moving_variance.assign(
-          rng.uniform(0.5, 2.0, shape).astype(np.float32))
-      if layer.gamma is not None:
-        layer.gamma.assign(rng.uniform(0.5, 1.5, shape).astype(np.float32))
-      if layer.beta is not None:
-        layer.beta.assign(rng.normal(0.0, 0.1, shape).astype(np.float32))
+def tiny_model(train_mode: str = "finetune") -> keras.Model:
+  return tiny_export_model(NUM_CLASSES, train_mode)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

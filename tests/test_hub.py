@@ -16,12 +16,12 @@ from tf_simclr.export import model_card
 from tf_simclr.export import serving
 from tf_simclr.models import builder
 
-IMAGE_SIZE = 16
+from conftest import EXPORT_IMAGE_SIZE as IMAGE_SIZE
+from conftest import EXPORT_OUTPUT_KEYS as OUTPUT_KEYS
+from conftest import randomise_batch_norm
+from conftest import tiny_export_model
+
 NUM_CLASSES = 3
-OUTPUT_KEYS = ("initial_conv", "initial_max_pool", "block_group1",
-               "block_group2", "block_group3", "block_group4",
-               "final_avg_pool", "proj_head_input", "proj_head_output",
-               "logits_sup")
 METADATA = {
     "name": "simclr_r18_tiny",
     "global_step": 120,
@@ -35,19 +35,8 @@ METADATA = {
 
 
 def tiny_model() -> keras.Model:
-  keras.utils.set_random_seed(0)
-  model = builder.build_model(
-      configs.ModelConfig(width_multiplier=0.125, global_bn=True),
-      configs.HeadConfig(num_classes=NUM_CLASSES), "finetune")
-  model(tf.zeros([1, IMAGE_SIZE, IMAGE_SIZE, 3]), training=False)
-  rng = np.random.RandomState(11)
-  # Moving statistics away from (0, 1), so inference and training differ.
-  for layer in model.submodules:
-    if isinstance(layer, keras.layers.BatchNormalization):
-      shape = layer.moving_mean.shape
-      layer.moving_mean.assign(rng.normal(0.0, 0.2, shape).astype(np.float32))
-      layer.moving_variance.assign(
-          rng.uniform(0.5, 2.0, shape).astype(np.float32))
+  model = tiny_export_model(NUM_CLASSES)
+  randomise_batch_norm(model, seed=11, affine=False)
   return model
 
 

@@ -104,32 +104,24 @@ def _shapes(model, input_shape):
   return {k: v.shape.as_list() for k, v in outputs.items()}
 
 
-def test_cifar_stem_output_shapes():
-  model = resnet.ResNet(18, stem=configs.STEM_CIFAR)
-  assert _shapes(model, [2, 32, 32, 3]) == {
-      resnet.INITIAL_CONV: [2, 32, 32, 64],
-      resnet.INITIAL_MAX_POOL: [2, 32, 32, 64],
-      resnet.BLOCK_GROUP1: [2, 32, 32, 64],
-      resnet.BLOCK_GROUP2: [2, 16, 16, 128],
-      resnet.BLOCK_GROUP3: [2, 8, 8, 256],
-      resnet.BLOCK_GROUP4: [2, 4, 4, 512],
-      resnet.FINAL_AVG_POOL: [2, 512],
-  }
-  # Odd sizes: every stride-2 step gives ceil(H / 2).
-  assert _shapes(model, [1, 33, 33, 3])[resnet.BLOCK_GROUP4] == [1, 5, 5, 512]
+_R18_KEYS = (resnet.INITIAL_CONV, resnet.INITIAL_MAX_POOL, resnet.BLOCK_GROUP1,
+             resnet.BLOCK_GROUP2, resnet.BLOCK_GROUP3, resnet.BLOCK_GROUP4)
+_R18_CHANNELS = (64, 64, 64, 128, 256, 512)
 
 
-def test_imagenet_stem_output_shapes():
-  model = resnet.ResNet(18, stem=configs.STEM_IMAGENET)
-  assert _shapes(model, [1, 64, 64, 3]) == {
-      resnet.INITIAL_CONV: [1, 32, 32, 64],
-      resnet.INITIAL_MAX_POOL: [1, 16, 16, 64],
-      resnet.BLOCK_GROUP1: [1, 16, 16, 64],
-      resnet.BLOCK_GROUP2: [1, 8, 8, 128],
-      resnet.BLOCK_GROUP3: [1, 4, 4, 256],
-      resnet.BLOCK_GROUP4: [1, 2, 2, 512],
-      resnet.FINAL_AVG_POOL: [1, 512],
-  }
+@pytest.mark.parametrize("stem,input_shape,sizes", [
+    (configs.STEM_CIFAR, [2, 32, 32, 3], (32, 32, 32, 16, 8, 4)),
+    # Odd sizes: every stride-2 step gives ceil(H / 2).
+    (configs.STEM_CIFAR, [1, 33, 33, 3], (33, 33, 33, 17, 9, 5)),
+    (configs.STEM_IMAGENET, [1, 64, 64, 3], (32, 16, 16, 8, 4, 2)),
+])
+def test_stem_output_shapes(stem, input_shape, sizes):
+  model = resnet.ResNet(18, stem=stem)
+  batch = input_shape[0]
+  expected = {key: [batch, size, size, channels]
+              for key, size, channels in zip(_R18_KEYS, sizes, _R18_CHANNELS)}
+  expected[resnet.FINAL_AVG_POOL] = [batch, 512]
+  assert _shapes(model, input_shape) == expected
 
 
 @pytest.mark.parametrize("kwargs,channels", [

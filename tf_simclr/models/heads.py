@@ -1,4 +1,4 @@
-"""Projection head and supervised (linear) head (SPEC §2.1-§2.3)."""
+"""Projection head and supervised (linear) head."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _dense_initializer() -> keras.initializers.Initializer:
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class ProjectionHead(keras.layers.Layer):
+class ProjectionHead(layers_lib.BatchNormOptionsLayer):
   """SimCLR projection head g(h) returning its output and a chosen activation.
 
   Modes:
@@ -35,8 +35,8 @@ class ProjectionHead(keras.layers.Layer):
     `out_dim` with a beta-free BN and no ReLU.
   * 'linear': a single Dense(D -> out_dim, no bias) + beta-free BN.
   * 'none': the output is the input.
-  (The reference's 'linear' and 'none' modes are broken, quirk Q5; these are
-  their intended semantics.)
+  (The original code's 'linear' and 'none' modes are broken; these are their
+  intended semantics, docs/COMPATIBILITY.md.)
 
   With hiddens = [h, a_1, ..., a_L] (a_j the output of layer j), the call
   returns {PROJ_HEAD_OUTPUT: hiddens[-1], SUPERVISED_HEAD_INPUT:
@@ -49,10 +49,9 @@ class ProjectionHead(keras.layers.Layer):
     out_dim: projection output width.
     ft_proj_selector: index into hiddens of the supervised-head input; must be
       in [-len(hiddens), len(hiddens)).
-    global_bn: synchronise batch statistics across replicas.
-    batch_norm_decay: BN moving-average momentum.
-    batch_norm_epsilon: BN variance epsilon.
-    **kwargs: forwarded to `keras.layers.Layer`.
+    **kwargs: batch-norm options (`layers.BatchNormOptionsLayer`;
+      `fused_batch_norm` has no effect here, the head's inputs are 2-D) and
+      `keras.layers.Layer` arguments.
   """
 
   def __init__(self,
@@ -60,9 +59,6 @@ class ProjectionHead(keras.layers.Layer):
                num_layers: int = 3,
                out_dim: int = 128,
                ft_proj_selector: int = 0,
-               global_bn: bool = False,
-               batch_norm_decay: float = 0.9,
-               batch_norm_epsilon: float = 1e-5,
                **kwargs):
     kwargs.setdefault("name", "projection_head")
     super().__init__(**kwargs)
@@ -75,14 +71,10 @@ class ProjectionHead(keras.layers.Layer):
     if isinstance(out_dim, bool) or not isinstance(out_dim, int) or (
         out_dim < 1):
       raise ValueError(f"out_dim must be a positive integer, got {out_dim!r}")
-    layers_lib.check_bn_args(batch_norm_decay, batch_norm_epsilon)
     self.mode = mode
     self.num_layers = num_layers
     self.out_dim = out_dim
     self.ft_proj_selector = ft_proj_selector
-    self.global_bn = global_bn
-    self.batch_norm_decay = batch_norm_decay
-    self.batch_norm_epsilon = batch_norm_epsilon
     num_hiddens = self.num_projection_layers + 1
     if isinstance(ft_proj_selector, bool) or not isinstance(
         ft_proj_selector, int) or not (
@@ -114,10 +106,8 @@ class ProjectionHead(keras.layers.Layer):
       self.bn_layers.append(layers_lib.BatchNormRelu(
           relu=not last,
           center=not last,
-          global_bn=self.global_bn,
-          batch_norm_decay=self.batch_norm_decay,
-          batch_norm_epsilon=self.batch_norm_epsilon,
-          name=f"batch_norm_relu_{j}"))
+          name=f"batch_norm_relu_{j}",
+          **self.bn_kwargs))
     super().build(input_shape)
 
   def call(self, inputs: tf.Tensor, training: Optional[bool] = None
@@ -133,10 +123,7 @@ class ProjectionHead(keras.layers.Layer):
   def get_config(self) -> dict[str, Any]:
     config = super().get_config()
     config.update(mode=self.mode, num_layers=self.num_layers,
-                  out_dim=self.out_dim, ft_proj_selector=self.ft_proj_selector,
-                  global_bn=self.global_bn,
-                  batch_norm_decay=self.batch_norm_decay,
-                  batch_norm_epsilon=self.batch_norm_epsilon)
+                  out_dim=self.out_dim, ft_proj_selector=self.ft_proj_selector)
     return config
 
 
@@ -150,7 +137,7 @@ class SupervisedHead(keras.layers.Layer):
   Args:
     num_classes: number of logits.
     zero_init: initialise kernel and bias to zero (the reference's
-      `zero_init_logits_layer`, which was ineffective there, quirk Q4); when
+      `zero_init_logits_layer`, which was ineffective there); when
       False the kernel is RandomNormal(0, 0.01) and the bias zero. Weights
       restored from a checkpoint afterwards replace the initial values; call
       `zero_weights()` after restoring to zero them again.

@@ -1,4 +1,4 @@
-"""Building blocks of the ResNet backbone and the heads (SPEC §1.3-§1.10).
+"""Building blocks of the ResNet backbone and the heads.
 
 All convolutions are bias-free (except inside squeeze-excitation) and use the
 fan-in truncated-normal `VarianceScaling` initializer; all batch norms are plain
@@ -79,7 +79,7 @@ def fixed_padding(inputs: tf.Tensor, kernel_size: int) -> tf.Tensor:
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Conv2dFixedPadding(keras.layers.Layer):
-  """Bias-free convolution; strided convolutions pad explicitly (SPEC §1.3).
+  """Bias-free convolution; strided convolutions pad explicitly.
 
   Stride 1 uses symmetric 'same' padding. Stride > 1 pads (k-1)//2 before and
   the rest after, then runs a 'valid' convolution, which differs from TF 'same'
@@ -195,27 +195,31 @@ class BatchNormalization(keras.layers.BatchNormalization):
     return config
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class BatchNormRelu(keras.layers.Layer):
-  """Batch norm (eps/momentum from arguments), optionally followed by ReLU.
+def bn_options(layer: Any) -> dict[str, Any]:
+  """The batch-norm options a layer or model holds, as keyword arguments."""
+  return dict(global_bn=layer.global_bn,
+              batch_norm_decay=layer.batch_norm_decay,
+              batch_norm_epsilon=layer.batch_norm_epsilon,
+              fused_batch_norm=layer.fused_batch_norm)
+
+
+class BatchNormOptionsLayer(keras.layers.Layer):
+  """Base of layers that pass the same batch-norm options to every BN inside.
+
+  Holds, validates and serialises the four options, so that each backbone or
+  head layer forwards them through `bn_kwargs` instead of repeating them.
 
   Args:
-    relu: apply a ReLU after the normalisation.
-    init_zero: initialise gamma to 0 (last BN of a residual branch).
-    center: learn a beta offset.
     global_bn: synchronise batch statistics across replicas.
     batch_norm_decay: moving-average momentum.
     batch_norm_epsilon: variance epsilon.
-    fused_batch_norm: run training-mode batch norm through the fused kernel
-      when statistics are not synchronised (same maths; see
+    fused_batch_norm: run training-mode 4-D batch norms through the fused
+      kernel when statistics are not synchronised (same maths; see
       `BatchNormalization`).
     **kwargs: forwarded to `keras.layers.Layer`.
   """
 
   def __init__(self,
-               relu: bool = True,
-               init_zero: bool = False,
-               center: bool = True,
                global_bn: bool = False,
                batch_norm_decay: float = 0.9,
                batch_norm_epsilon: float = 1e-5,
@@ -223,22 +227,52 @@ class BatchNormRelu(keras.layers.Layer):
                **kwargs):
     super().__init__(**kwargs)
     check_bn_args(batch_norm_decay, batch_norm_epsilon)
-    self.relu = relu
-    self.init_zero = init_zero
-    self.center = center
     self.global_bn = global_bn
     self.batch_norm_decay = batch_norm_decay
     self.batch_norm_epsilon = batch_norm_epsilon
     self.fused_batch_norm = fused_batch_norm
+
+  @property
+  def bn_kwargs(self) -> dict[str, Any]:
+    """The options as keyword arguments of a nested `BatchNormOptionsLayer`."""
+    return bn_options(self)
+
+  def get_config(self) -> dict[str, Any]:
+    config = super().get_config()
+    config.update(self.bn_kwargs)
+    return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BatchNormRelu(BatchNormOptionsLayer):
+  """Batch norm (eps/momentum from arguments), optionally followed by ReLU.
+
+  Args:
+    relu: apply a ReLU after the normalisation.
+    init_zero: initialise gamma to 0 (last BN of a residual branch).
+    center: learn a beta offset.
+    **kwargs: batch-norm options (`BatchNormOptionsLayer`) and
+      `keras.layers.Layer` arguments.
+  """
+
+  def __init__(self,
+               relu: bool = True,
+               init_zero: bool = False,
+               center: bool = True,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.relu = relu
+    self.init_zero = init_zero
+    self.center = center
     self.bn = BatchNormalization(
         axis=-1,
-        momentum=batch_norm_decay,
-        epsilon=batch_norm_epsilon,
+        momentum=self.batch_norm_decay,
+        epsilon=self.batch_norm_epsilon,
         center=center,
         scale=True,
         gamma_initializer="zeros" if init_zero else "ones",
-        synchronized=global_bn,
-        fused_training=fused_batch_norm,
+        synchronized=self.global_bn,
+        fused_training=self.fused_batch_norm,
         name="batch_normalization")
 
   def call(self, inputs: tf.Tensor, training: Optional[bool] = None
@@ -250,17 +284,13 @@ class BatchNormRelu(keras.layers.Layer):
 
   def get_config(self) -> dict[str, Any]:
     config = super().get_config()
-    config.update(relu=self.relu, init_zero=self.init_zero, center=self.center,
-                  global_bn=self.global_bn,
-                  batch_norm_decay=self.batch_norm_decay,
-                  batch_norm_epsilon=self.batch_norm_epsilon,
-                  fused_batch_norm=self.fused_batch_norm)
+    config.update(relu=self.relu, init_zero=self.init_zero, center=self.center)
     return config
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class SelectiveKernel(keras.layers.Layer):
-  """Selective-kernel convolution of the SimCLRv2 backbone (SPEC §1.9).
+class SelectiveKernel(BatchNormOptionsLayer):
+  """Selective-kernel convolution of the SimCLRv2 backbone.
 
   A single 3x3 convolution produces 2*filters channels whose two contiguous
   halves act as the two branches; a squeeze path computes a per-channel
@@ -271,21 +301,11 @@ class SelectiveKernel(keras.layers.Layer):
     sk_ratio: attention bottleneck ratio; its width is
       max(int(filters * sk_ratio), 32).
     strides: stride of the 3x3 convolution.
-    global_bn: synchronise batch statistics across replicas.
-    batch_norm_decay: moving-average momentum.
-    batch_norm_epsilon: variance epsilon.
-    fused_batch_norm: training-mode batch norms through the fused kernel.
-    **kwargs: forwarded to `keras.layers.Layer`.
+    **kwargs: batch-norm options (`BatchNormOptionsLayer`) and
+      `keras.layers.Layer` arguments.
   """
 
-  def __init__(self,
-               filters: int,
-               sk_ratio: float,
-               strides: int = 1,
-               global_bn: bool = False,
-               batch_norm_decay: float = 0.9,
-               batch_norm_epsilon: float = 1e-5,
-               fused_batch_norm: bool = False,
+  def __init__(self, filters: int, sk_ratio: float, strides: int = 1,
                **kwargs):
     super().__init__(**kwargs)
     _check_positive_int("filters", filters)
@@ -294,21 +314,14 @@ class SelectiveKernel(keras.layers.Layer):
     self.filters = filters
     self.sk_ratio = sk_ratio
     self.strides = strides
-    self.global_bn = global_bn
-    self.batch_norm_decay = batch_norm_decay
-    self.batch_norm_epsilon = batch_norm_epsilon
-    self.fused_batch_norm = fused_batch_norm
     self.mid_dim = max(int(filters * sk_ratio), SK_MIN_DIM)
-    bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay,
-                   batch_norm_epsilon=batch_norm_epsilon,
-                   fused_batch_norm=fused_batch_norm)
     self.conv = Conv2dFixedPadding(2 * filters, 3, strides, name="conv")
-    self.bn_relu = BatchNormRelu(name="batch_norm_relu", **bn_args)
+    self.bn_relu = BatchNormRelu(name="batch_norm_relu", **self.bn_kwargs)
     self.reduce_conv = keras.layers.Conv2D(
         self.mid_dim, 1, use_bias=False,
         kernel_initializer=conv_kernel_initializer(), name="reduce_conv")
     self.reduce_bn_relu = BatchNormRelu(name="reduce_batch_norm_relu",
-                                        **bn_args)
+                                        **self.bn_kwargs)
     self.expand_conv = keras.layers.Conv2D(
         2 * filters, 1, use_bias=False,
         kernel_initializer=conv_kernel_initializer(), name="expand_conv")
@@ -328,16 +341,13 @@ class SelectiveKernel(keras.layers.Layer):
   def get_config(self) -> dict[str, Any]:
     config = super().get_config()
     config.update(filters=self.filters, sk_ratio=self.sk_ratio,
-                  strides=self.strides, global_bn=self.global_bn,
-                  batch_norm_decay=self.batch_norm_decay,
-                  batch_norm_epsilon=self.batch_norm_epsilon,
-                  fused_batch_norm=self.fused_batch_norm)
+                  strides=self.strides)
     return config
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SqueezeExcitation(keras.layers.Layer):
-  """Channel gating by squeeze-excitation (SPEC §1.10).
+  """Channel gating by squeeze-excitation.
 
   The bottleneck width comes from the block's base filters, not from the
   (possibly 4x wider) tensor being gated; the expansion restores the input's
@@ -380,12 +390,12 @@ class SqueezeExcitation(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class ShortcutAvgPool(keras.layers.Layer):
-  """The average pool of the ResNet-D shortcut (SPEC §1.6).
+  """The average pool of the ResNet-D shortcut.
 
   Stride 2: zero-pad one row/column after, then a 2x2/2 'valid' pool (padded
-  zeros count in the mean). Stride 1 (reference quirk Q1, kept for weight
-  compatibility): a 2x2/1 'same' pool, i.e. a box filter over (i..i+1,
-  j..j+1) whose last row/column average only the in-bounds cells.
+  zeros count in the mean). Stride 1 (the original code's, kept because
+  released weights depend on it): a 2x2/1 'same' pool, i.e. a box filter over
+  (i..i+1, j..j+1) whose last row/column average only the in-bounds cells.
 
   Args:
     strides: 1 or 2.

@@ -1,4 +1,4 @@
-"""Post-activation ResNet backbone of SimCLR / SimCLRv2 (SPEC §1).
+"""Post-activation ResNet backbone of SimCLR / SimCLRv2.
 
 The backbone returns a dict of named intermediate tensors (module constants
 below). Everything is static-shape friendly so the train step can be compiled
@@ -58,21 +58,14 @@ def scaled_width(channels: int, width_multiplier: float) -> int:
   return max(1, int(round(channels * width_multiplier)))
 
 
-def _bn_kwargs(layer: Any) -> dict[str, Any]:
-  return dict(global_bn=layer.global_bn,
-              batch_norm_decay=layer.batch_norm_decay,
-              batch_norm_epsilon=layer.batch_norm_epsilon,
-              fused_batch_norm=layer.fused_batch_norm)
-
-
 def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
   if value not in choices:
     raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class Stem(keras.layers.Layer):
-  """Input stem (SPEC §1.5); returns (initial_conv, initial_max_pool).
+class Stem(layers_lib.BatchNormOptionsLayer):
+  """Input stem; returns (initial_conv, initial_max_pool).
 
   * 'cifar': 3x3/1 conv -> BN+ReLU; no pooling.
   * 'imagenet': 7x7/2 conv -> BN+ReLU -> 3x3/2 'same' max pool.
@@ -84,22 +77,11 @@ class Stem(keras.layers.Layer):
   Args:
     stem: one of `configs.STEMS`.
     filters: output channels (64 * width).
-    global_bn: synchronise batch statistics across replicas.
-    batch_norm_decay: moving-average momentum.
-    batch_norm_epsilon: variance epsilon.
-    fused_batch_norm: training-mode batch norms through the fused kernel
-      (same maths; `layers.BatchNormalization`).
-    **kwargs: forwarded to `keras.layers.Layer`.
+    **kwargs: batch-norm options (`layers.BatchNormOptionsLayer`) and
+      `keras.layers.Layer` arguments.
   """
 
-  def __init__(self,
-               stem: str,
-               filters: int,
-               global_bn: bool = False,
-               batch_norm_decay: float = 0.9,
-               batch_norm_epsilon: float = 1e-5,
-               fused_batch_norm: bool = False,
-               **kwargs):
+  def __init__(self, stem: str, filters: int, **kwargs):
     super().__init__(**kwargs)
     _check_choice("stem", stem, configs.STEMS)
     if stem == configs.STEM_RESNET_D and filters < 2:
@@ -107,10 +89,6 @@ class Stem(keras.layers.Layer):
           f"filters must be >= 2 for the resnet_d stem, got {filters!r}")
     self.stem = stem
     self.filters = filters
-    self.global_bn = global_bn
-    self.batch_norm_decay = batch_norm_decay
-    self.batch_norm_epsilon = batch_norm_epsilon
-    self.fused_batch_norm = fused_batch_norm
     if stem == configs.STEM_CIFAR:
       conv_specs = [(filters, 3, 1)]
     elif stem == configs.STEM_IMAGENET:
@@ -124,7 +102,7 @@ class Stem(keras.layers.Layer):
     ]
     self.bn_relus = [
         layers_lib.BatchNormRelu(name=f"batch_norm_relu_{i}",
-                                 **_bn_kwargs(self))
+                                 **self.bn_kwargs)
         for i in range(len(conv_specs))
     ]
 
@@ -141,48 +119,36 @@ class Stem(keras.layers.Layer):
 
   def get_config(self) -> dict[str, Any]:
     config = super().get_config()
-    config.update(stem=self.stem, filters=self.filters, **_bn_kwargs(self))
+    config.update(stem=self.stem, filters=self.filters)
     return config
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class ProjectionShortcut(keras.layers.Layer):
+class ProjectionShortcut(layers_lib.BatchNormOptionsLayer):
   """Shortcut of the first block of a group: [pool] -> 1x1 conv -> BN.
 
   'projection': 1x1 conv with the block stride. 'resnet_d': average pool
-  (`layers.ShortcutAvgPool`, including the stride-1 quirk Q1) then a stride-1
-  1x1 conv. The BN has gamma init 1 and no ReLU.
+  (`layers.ShortcutAvgPool`, including the original code's stride-1 pooling)
+  then a stride-1 1x1 conv. The BN has gamma init 1 and no ReLU.
 
   Args:
     filters: output channels.
     strides: block stride (1 or 2).
     shortcut: one of `configs.SHORTCUTS`.
-    global_bn: synchronise batch statistics across replicas.
-    batch_norm_decay: moving-average momentum.
-    batch_norm_epsilon: variance epsilon.
-    fused_batch_norm: training-mode batch norms through the fused kernel
-      (same maths; `layers.BatchNormalization`).
-    **kwargs: forwarded to `keras.layers.Layer`.
+    **kwargs: batch-norm options (`layers.BatchNormOptionsLayer`) and
+      `keras.layers.Layer` arguments.
   """
 
   def __init__(self,
                filters: int,
                strides: int,
                shortcut: str = configs.SHORTCUT_PROJECTION,
-               global_bn: bool = False,
-               batch_norm_decay: float = 0.9,
-               batch_norm_epsilon: float = 1e-5,
-               fused_batch_norm: bool = False,
                **kwargs):
     super().__init__(**kwargs)
     _check_choice("shortcut", shortcut, configs.SHORTCUTS)
     self.filters = filters
     self.strides = strides
     self.shortcut = shortcut
-    self.global_bn = global_bn
-    self.batch_norm_decay = batch_norm_decay
-    self.batch_norm_epsilon = batch_norm_epsilon
-    self.fused_batch_norm = fused_batch_norm
     if shortcut == configs.SHORTCUT_RESNET_D:
       self.pool = layers_lib.ShortcutAvgPool(strides, name="avg_pool")
       conv_strides = 1
@@ -192,7 +158,7 @@ class ProjectionShortcut(keras.layers.Layer):
     self.conv = layers_lib.Conv2dFixedPadding(filters, 1, conv_strides,
                                               name="conv")
     self.bn = layers_lib.BatchNormRelu(relu=False, name="batch_norm",
-                                       **_bn_kwargs(self))
+                                       **self.bn_kwargs)
 
   def call(self, inputs: tf.Tensor, training: Optional[bool] = None
            ) -> tf.Tensor:
@@ -202,29 +168,32 @@ class ProjectionShortcut(keras.layers.Layer):
   def get_config(self) -> dict[str, Any]:
     config = super().get_config()
     config.update(filters=self.filters, strides=self.strides,
-                  shortcut=self.shortcut, **_bn_kwargs(self))
+                  shortcut=self.shortcut)
     return config
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class BasicBlock(keras.layers.Layer):
-  """ResNet-18/34 block: 3x3/s -> BN+ReLU -> 3x3 -> BN(gamma 0) [-> SE].
+class ResidualBlock(layers_lib.BatchNormOptionsLayer):
+  """What both block types share: output = ReLU([SE](branch) + shortcut).
 
-  Output = ReLU(branch + shortcut). Never uses selective kernels.
+  The constructor makes the projection shortcut (attribute `projection`,
+  None for the identity) for `EXPANSION * filters` output channels; a
+  subclass then makes its branch layers and calls `_finish_branch()`, which
+  adds the optional squeeze-excitation last. Attribute names and creation
+  order (shortcut, branch, SE) are what checkpoints, the weight order and the
+  original-code importer rely on.
 
   Args:
-    filters: output channels.
-    strides: stride of the first convolution.
+    filters: base filters of the block.
+    strides: stride of the block's spatial convolution.
     use_projection: use a `ProjectionShortcut` instead of the identity.
     se_ratio: squeeze-excitation ratio (0 disables it).
     shortcut: projection shortcut style, one of `configs.SHORTCUTS`.
-    global_bn: synchronise batch statistics across replicas.
-    batch_norm_decay: moving-average momentum.
-    batch_norm_epsilon: variance epsilon.
-    fused_batch_norm: training-mode batch norms through the fused kernel
-      (same maths; `layers.BatchNormalization`).
-    **kwargs: forwarded to `keras.layers.Layer`.
+    **kwargs: batch-norm options (`layers.BatchNormOptionsLayer`) and
+      `keras.layers.Layer` arguments.
   """
+
+  # Output channels per base filter.
+  EXPANSION = 1
 
   def __init__(self,
                filters: int,
@@ -232,10 +201,6 @@ class BasicBlock(keras.layers.Layer):
                use_projection: bool = False,
                se_ratio: float = 0.0,
                shortcut: str = configs.SHORTCUT_PROJECTION,
-               global_bn: bool = False,
-               batch_norm_decay: float = 0.9,
-               batch_norm_epsilon: float = 1e-5,
-               fused_batch_norm: bool = False,
                **kwargs):
     super().__init__(**kwargs)
     self.filters = filters
@@ -243,31 +208,27 @@ class BasicBlock(keras.layers.Layer):
     self.use_projection = use_projection
     self.se_ratio = se_ratio
     self.shortcut = shortcut
-    self.global_bn = global_bn
-    self.batch_norm_decay = batch_norm_decay
-    self.batch_norm_epsilon = batch_norm_epsilon
-    self.fused_batch_norm = fused_batch_norm
-    bn = _bn_kwargs(self)
+    self.out_filters = self.EXPANSION * filters
     self.projection = (
-        ProjectionShortcut(filters, strides, shortcut, name="shortcut", **bn)
+        ProjectionShortcut(self.out_filters, strides, shortcut,
+                           name="shortcut", **self.bn_kwargs)
         if use_projection else None)
-    self.conv_1 = layers_lib.Conv2dFixedPadding(filters, 3, strides,
-                                                name="conv_1")
-    self.bn_relu_1 = layers_lib.BatchNormRelu(name="batch_norm_relu_1", **bn)
-    self.conv_2 = layers_lib.Conv2dFixedPadding(filters, 3, 1, name="conv_2")
-    self.bn_2 = layers_lib.BatchNormRelu(relu=False, init_zero=True,
-                                         name="batch_norm_2", **bn)
+
+  def _finish_branch(self) -> None:
     self.squeeze_excitation = (
-        layers_lib.SqueezeExcitation(filters, se_ratio,
+        layers_lib.SqueezeExcitation(self.filters, self.se_ratio,
                                      name="squeeze_excitation")
-        if se_ratio > 0 else None)
+        if self.se_ratio > 0 else None)
+
+  def _branch(self, inputs: tf.Tensor, training: Optional[bool]
+              ) -> tf.Tensor:
+    raise NotImplementedError
 
   def call(self, inputs: tf.Tensor, training: Optional[bool] = None
            ) -> tf.Tensor:
     shortcut = (inputs if self.projection is None
                 else self.projection(inputs, training=training))
-    x = self.bn_relu_1(self.conv_1(inputs), training=training)
-    x = self.bn_2(self.conv_2(x), training=training)
+    x = self._branch(inputs, training)
     if self.squeeze_excitation is not None:
       x = self.squeeze_excitation(x)
     return tf.nn.relu(x + shortcut)
@@ -276,13 +237,45 @@ class BasicBlock(keras.layers.Layer):
     config = super().get_config()
     config.update(filters=self.filters, strides=self.strides,
                   use_projection=self.use_projection, se_ratio=self.se_ratio,
-                  shortcut=self.shortcut, **_bn_kwargs(self))
+                  shortcut=self.shortcut)
     return config
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class BottleneckBlock(keras.layers.Layer):
-  """ResNet-50+ block with 4x expansion and the stride on the 3x3 (SPEC §1.8).
+class BasicBlock(ResidualBlock):
+  """ResNet-18/34 block: 3x3/s -> BN+ReLU -> 3x3 -> BN(gamma 0) [-> SE].
+
+  Output = ReLU(branch + shortcut). Never uses selective kernels.
+
+  Args:
+    *args: `ResidualBlock`'s arguments (filters, strides, use_projection,
+      se_ratio, shortcut); `filters` is also the output channel count.
+    **kwargs: the same by name, batch-norm options and `keras.layers.Layer`
+      arguments.
+  """
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    filters = self.filters
+    self.conv_1 = layers_lib.Conv2dFixedPadding(filters, 3, self.strides,
+                                                name="conv_1")
+    self.bn_relu_1 = layers_lib.BatchNormRelu(name="batch_norm_relu_1",
+                                              **self.bn_kwargs)
+    self.conv_2 = layers_lib.Conv2dFixedPadding(filters, 3, 1, name="conv_2")
+    self.bn_2 = layers_lib.BatchNormRelu(relu=False, init_zero=True,
+                                         name="batch_norm_2",
+                                         **self.bn_kwargs)
+    self._finish_branch()
+
+  def _branch(self, inputs: tf.Tensor, training: Optional[bool]
+              ) -> tf.Tensor:
+    x = self.bn_relu_1(self.conv_1(inputs), training=training)
+    return self.bn_2(self.conv_2(x), training=training)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BottleneckBlock(ResidualBlock):
+  """ResNet-50+ block with 4x expansion and the stride on the 3x3.
 
   1x1 (filters) -> BN+ReLU -> 3x3/s conv + BN+ReLU, or a `SelectiveKernel`
   when sk_ratio > 0 -> 1x1 (4 * filters) -> BN(gamma 0) [-> SE];
@@ -295,13 +288,11 @@ class BottleneckBlock(keras.layers.Layer):
     sk_ratio: selective-kernel ratio (0 uses a plain 3x3 convolution).
     se_ratio: squeeze-excitation ratio (0 disables it).
     shortcut: projection shortcut style, one of `configs.SHORTCUTS`.
-    global_bn: synchronise batch statistics across replicas.
-    batch_norm_decay: moving-average momentum.
-    batch_norm_epsilon: variance epsilon.
-    fused_batch_norm: training-mode batch norms through the fused kernel
-      (same maths; `layers.BatchNormalization`).
-    **kwargs: forwarded to `keras.layers.Layer`.
+    **kwargs: batch-norm options (`layers.BatchNormOptionsLayer`) and
+      `keras.layers.Layer` arguments.
   """
+
+  EXPANSION = BOTTLENECK_EXPANSION
 
   def __init__(self,
                filters: int,
@@ -310,70 +301,42 @@ class BottleneckBlock(keras.layers.Layer):
                sk_ratio: float = 0.0,
                se_ratio: float = 0.0,
                shortcut: str = configs.SHORTCUT_PROJECTION,
-               global_bn: bool = False,
-               batch_norm_decay: float = 0.9,
-               batch_norm_epsilon: float = 1e-5,
-               fused_batch_norm: bool = False,
                **kwargs):
-    super().__init__(**kwargs)
-    self.filters = filters
-    self.strides = strides
-    self.use_projection = use_projection
+    super().__init__(filters, strides, use_projection, se_ratio, shortcut,
+                     **kwargs)
     self.sk_ratio = sk_ratio
-    self.se_ratio = se_ratio
-    self.shortcut = shortcut
-    self.global_bn = global_bn
-    self.batch_norm_decay = batch_norm_decay
-    self.batch_norm_epsilon = batch_norm_epsilon
-    self.fused_batch_norm = fused_batch_norm
-    bn = _bn_kwargs(self)
-    out_filters = BOTTLENECK_EXPANSION * filters
-    self.projection = (
-        ProjectionShortcut(out_filters, strides, shortcut, name="shortcut",
-                           **bn)
-        if use_projection else None)
+    bn = self.bn_kwargs
     self.conv_1 = layers_lib.Conv2dFixedPadding(filters, 1, 1, name="conv_1")
     self.bn_relu_1 = layers_lib.BatchNormRelu(name="batch_norm_relu_1", **bn)
     if sk_ratio > 0:
       self.selective_kernel = layers_lib.SelectiveKernel(
-          filters, sk_ratio, strides, name="selective_kernel", **bn)
+          filters, sk_ratio, self.strides, name="selective_kernel", **bn)
       self.conv_2 = None
       self.bn_relu_2 = None
     else:
       self.selective_kernel = None
-      self.conv_2 = layers_lib.Conv2dFixedPadding(filters, 3, strides,
+      self.conv_2 = layers_lib.Conv2dFixedPadding(filters, 3, self.strides,
                                                   name="conv_2")
       self.bn_relu_2 = layers_lib.BatchNormRelu(name="batch_norm_relu_2",
                                                 **bn)
-    self.conv_3 = layers_lib.Conv2dFixedPadding(out_filters, 1, 1,
+    self.conv_3 = layers_lib.Conv2dFixedPadding(self.out_filters, 1, 1,
                                                 name="conv_3")
     self.bn_3 = layers_lib.BatchNormRelu(relu=False, init_zero=True,
                                          name="batch_norm_3", **bn)
-    self.squeeze_excitation = (
-        layers_lib.SqueezeExcitation(filters, se_ratio,
-                                     name="squeeze_excitation")
-        if se_ratio > 0 else None)
+    self._finish_branch()
 
-  def call(self, inputs: tf.Tensor, training: Optional[bool] = None
-           ) -> tf.Tensor:
-    shortcut = (inputs if self.projection is None
-                else self.projection(inputs, training=training))
+  def _branch(self, inputs: tf.Tensor, training: Optional[bool]
+              ) -> tf.Tensor:
     x = self.bn_relu_1(self.conv_1(inputs), training=training)
     if self.selective_kernel is not None:
       x = self.selective_kernel(x, training=training)
     else:
       x = self.bn_relu_2(self.conv_2(x), training=training)
-    x = self.bn_3(self.conv_3(x), training=training)
-    if self.squeeze_excitation is not None:
-      x = self.squeeze_excitation(x)
-    return tf.nn.relu(x + shortcut)
+    return self.bn_3(self.conv_3(x), training=training)
 
   def get_config(self) -> dict[str, Any]:
     config = super().get_config()
-    config.update(filters=self.filters, strides=self.strides,
-                  use_projection=self.use_projection, sk_ratio=self.sk_ratio,
-                  se_ratio=self.se_ratio, shortcut=self.shortcut,
-                  **_bn_kwargs(self))
+    config.update(sk_ratio=self.sk_ratio)
     return config
 
 
@@ -407,11 +370,12 @@ def recomputed_call(block: keras.layers.Layer, inputs: tf.Tensor
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class BlockGroup(keras.layers.Layer):
+class BlockGroup(layers_lib.BatchNormOptionsLayer):
   """A stage of blocks; the first has the stride and a projection shortcut.
 
   Every group's first block gets a projection shortcut, also in group 1 where
-  shapes would allow the identity (reference quirk Q2, needed for weights).
+  shapes would allow the identity (as in the original code; its weights
+  include it).
 
   Args:
     filters: base filters of every block.
@@ -423,12 +387,8 @@ class BlockGroup(keras.layers.Layer):
     shortcut: projection shortcut style, one of `configs.SHORTCUTS`.
     recompute_blocks: in training, keep only each block's input for the
       backward pass and recompute the rest there (`recomputed_call`).
-    global_bn: synchronise batch statistics across replicas.
-    batch_norm_decay: moving-average momentum.
-    batch_norm_epsilon: variance epsilon.
-    fused_batch_norm: training-mode batch norms through the fused kernel
-      (same maths; `layers.BatchNormalization`).
-    **kwargs: forwarded to `keras.layers.Layer`.
+    **kwargs: batch-norm options (`layers.BatchNormOptionsLayer`) and
+      `keras.layers.Layer` arguments.
   """
 
   def __init__(self,
@@ -440,10 +400,6 @@ class BlockGroup(keras.layers.Layer):
                se_ratio: float = 0.0,
                shortcut: str = configs.SHORTCUT_PROJECTION,
                recompute_blocks: bool = False,
-               global_bn: bool = False,
-               batch_norm_decay: float = 0.9,
-               batch_norm_epsilon: float = 1e-5,
-               fused_batch_norm: bool = False,
                **kwargs):
     super().__init__(**kwargs)
     self.filters = filters
@@ -454,15 +410,11 @@ class BlockGroup(keras.layers.Layer):
     self.se_ratio = se_ratio
     self.shortcut = shortcut
     self.recompute_blocks = recompute_blocks
-    self.global_bn = global_bn
-    self.batch_norm_decay = batch_norm_decay
-    self.batch_norm_epsilon = batch_norm_epsilon
-    self.fused_batch_norm = fused_batch_norm
     self.blocks = []
     for i in range(num_blocks):
       common = dict(filters=filters, strides=strides if i == 0 else 1,
                     use_projection=i == 0, se_ratio=se_ratio,
-                    shortcut=shortcut, name=f"block_{i}", **_bn_kwargs(self))
+                    shortcut=shortcut, name=f"block_{i}", **self.bn_kwargs)
       if bottleneck:
         self.blocks.append(BottleneckBlock(sk_ratio=sk_ratio, **common))
       else:
@@ -484,7 +436,7 @@ class BlockGroup(keras.layers.Layer):
                   strides=self.strides, bottleneck=self.bottleneck,
                   sk_ratio=self.sk_ratio, se_ratio=self.se_ratio,
                   shortcut=self.shortcut,
-                  recompute_blocks=self.recompute_blocks, **_bn_kwargs(self))
+                  recompute_blocks=self.recompute_blocks)
     return config
 
 
@@ -505,9 +457,9 @@ class ResNet(keras.Model):
 
   Freezing (`fine_tune_after_block` of the reference): parts up to and
   including `frozen_through_block` are non-trainable, their batch norms always
-  run in inference mode (a deliberate fix of reference quirk Q3, where frozen
-  BN kept using batch statistics and updating moving averages), and a
-  stop-gradient is placed on the last frozen part's output.
+  run in inference mode (a deliberate difference from the original code,
+  where frozen BN kept using batch statistics and updating moving averages),
+  and a stop-gradient is placed on the last frozen part's output.
 
   Args:
     depth: one of `RESNET_SPECS` (18, 34, 50, 101, 152, 200).
@@ -579,7 +531,7 @@ class ResNet(keras.Model):
     self.frozen_through_block = frozen_through_block
 
     bottleneck, blocks_per_group = RESNET_SPECS[depth]
-    bn = _bn_kwargs(self)
+    bn = layers_lib.bn_options(self)
     self.stem_layer = Stem(
         stem, scaled_width(_STEM_BASE_FILTERS, width_multiplier),
         name="stem", **bn)
