@@ -83,6 +83,20 @@ def main(argv):
     sys.exit(130)
 
 
+_HELP = re.compile(r"^--?(\?|help|helpshort|helpfull|helpxml)(=.*)?$")
+
+
+def _parse_flags(argv):
+  try:
+    return app.parse_flags_with_usage(argv)
+  except SystemExit as e:
+    # absl ends a requested --help/--helpfull with status 1; the help asked
+    # for was shown, which is success.
+    if e.code == 1 and any(_HELP.match(a) for a in argv[1:]):
+      sys.exit(0)
+    raise
+
+
 def run() -> None:
   """Entry point of the tf-simclr console script and of run.py."""
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
