@@ -65,6 +65,26 @@ def _need(condition: bool, message: str) -> None:
     raise ValueError(message)
 
 
+def _check_range(section: Any, name: str, *, gt: Optional[float] = None,
+                 ge: Optional[float] = None, lt: Optional[float] = None,
+                 le: Optional[float] = None) -> None:
+  """ValueError naming `name` and its value when outside the given bounds."""
+  value = getattr(section, name)
+  low = ("(", gt) if gt is not None else ("[", ge) if ge is not None else None
+  high = (")", lt) if lt is not None else ("]", le) if le is not None else None
+  inside = ((low is None or value > low[1] or (low[0] == "[" and
+                                                value == low[1])) and
+            (high is None or value < high[1] or (high[0] == "]" and
+                                                  value == high[1])))
+  if inside:
+    return
+  if high is None:
+    wanted = f"{'>' if low[0] == '(' else '>='} {low[1]:g}"
+  else:
+    wanted = f"in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+  raise ValueError(f"{name} must be {wanted}, got {value}")
+
+
 def _check_choices(section: Any) -> None:
   for field in dataclasses.fields(section):
     choices = field.metadata.get("choices")
@@ -111,15 +131,11 @@ class ModelConfig:
     _need(self.resnet_depth in SUPPORTED_DEPTHS,
           f"resnet_depth must be one of {SUPPORTED_DEPTHS}, got "
           f"{self.resnet_depth}")
-    _need(self.width_multiplier > 0,
-          f"width_multiplier must be > 0, got {self.width_multiplier}")
-    _need(self.sk_ratio >= 0, f"sk_ratio must be >= 0, got {self.sk_ratio}")
-    _need(self.se_ratio >= 0, f"se_ratio must be >= 0, got {self.se_ratio}")
-    _need(0 <= self.recompute_block_groups <= 4,
-          "recompute_block_groups must be in [0, 4], got "
-          f"{self.recompute_block_groups}")
-    _need(0.0 <= self.batch_norm_decay < 1.0,
-          f"batch_norm_decay must be in [0, 1), got {self.batch_norm_decay}")
+    _check_range(self, "width_multiplier", gt=0)
+    _check_range(self, "sk_ratio", ge=0)
+    _check_range(self, "se_ratio", ge=0)
+    _check_range(self, "recompute_block_groups", ge=0, le=4)
+    _check_range(self, "batch_norm_decay", ge=0, lt=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,10 +157,8 @@ class HeadConfig:
 
   def __post_init__(self):
     _check_choices(self)
-    _need(self.num_proj_layers >= 1,
-          f"num_proj_layers must be >= 1, got {self.num_proj_layers}")
-    _need(self.proj_out_dim >= 1,
-          f"proj_out_dim must be >= 1, got {self.proj_out_dim}")
+    _check_range(self, "num_proj_layers", ge=1)
+    _check_range(self, "proj_out_dim", ge=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,12 +174,9 @@ class LossConfig:
       0.999, "EMA momentum of the key (momentum) encoder.")
 
   def __post_init__(self):
-    _need(self.temperature > 0,
-          f"temperature must be > 0, got {self.temperature}")
-    _need(self.memory_size >= 0,
-          f"memory_size must be >= 0, got {self.memory_size}")
-    _need(0.0 <= self.memory_momentum <= 1.0,
-          f"memory_momentum must be in [0, 1], got {self.memory_momentum}")
+    _check_range(self, "temperature", gt=0)
+    _check_range(self, "memory_size", ge=0)
+    _check_range(self, "memory_momentum", ge=0, le=1)
     _need(not (self.memory_size and not self.hidden_norm),
           "memory_size > 0 needs --hidden_norm (queued keys are "
           "L2-normalised), got --nohidden_norm")
@@ -221,19 +232,13 @@ class DataConfig:
   seed: int = _field(0, "")
 
   def __post_init__(self):
-    _need(self.image_size >= 8,
-          f"image_size must be >= 8, got {self.image_size}")
+    _check_range(self, "image_size", ge=8)
     _need(self.pretrain_image_size == 0 or self.pretrain_image_size >= 8,
           "pretrain_image_size must be 0 or >= 8, got "
           f"{self.pretrain_image_size}")
-    _need(0.0 <= self.color_jitter_strength <= 1.25,
-          "color_jitter_strength must be in [0, 1.25], got "
-          f"{self.color_jitter_strength}")
-    _need(0.0 < self.min_crop_area <= 1.0,
-          f"min_crop_area must be in (0, 1], got {self.min_crop_area}")
-    _need(0.0 < self.finetune_min_crop_area <= 1.0,
-          "finetune_min_crop_area must be in (0, 1], got "
-          f"{self.finetune_min_crop_area}")
+    _check_range(self, "color_jitter_strength", ge=0, le=1.25)
+    _check_range(self, "min_crop_area", gt=0, le=1)
+    _check_range(self, "finetune_min_crop_area", gt=0, le=1)
 
   @property
   def flip_prob(self) -> float:
@@ -260,12 +265,8 @@ class OptimizerConfig:
 
   def __post_init__(self):
     _check_choices(self)
-    _need(self.learning_rate >= 0,
-          f"learning_rate must be >= 0, got {self.learning_rate}")
-    _need(self.warmup_epochs >= 0,
-          f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-    _need(self.weight_decay >= 0,
-          f"weight_decay must be >= 0, got {self.weight_decay}")
+    for name in ("learning_rate", "warmup_epochs", "weight_decay"):
+      _check_range(self, name, ge=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,10 +378,8 @@ class TrainConfig:
     _need(self.train_batch_size >= 0,
           "train_batch_size must be >= 0 (0 = derive), got "
           f"{self.train_batch_size}")
-    _need(self.min_train_steps >= 0,
-          f"min_train_steps must be >= 0, got {self.min_train_steps}")
-    _need(self.eval_batch_size >= 1,
-          f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+    _check_range(self, "min_train_steps", ge=0)
+    _check_range(self, "eval_batch_size", ge=1)
     for name in ("tpu_zone", "gcp_project", "master"):
       value = getattr(self, name)
       _need(value is None or self.distribution == "tpu",
@@ -394,31 +393,23 @@ class TrainConfig:
     _need(self.train_steps > 0 or self.train_epochs > 0,
           "one of train_steps or train_epochs must be > 0, got "
           f"train_steps={self.train_steps}, train_epochs={self.train_epochs}")
-    _need(self.train_steps >= 0,
-          f"train_steps must be >= 0, got {self.train_steps}")
+    _check_range(self, "train_steps", ge=0)
     _need(self.checkpoint_steps > 0 or self.checkpoint_epochs > 0,
           "one of checkpoint_steps or checkpoint_epochs must be > 0, got "
           f"checkpoint_steps={self.checkpoint_steps}, checkpoint_epochs="
           f"{self.checkpoint_epochs}")
-    _need(self.keep_checkpoint_max >= 1,
-          f"keep_checkpoint_max must be >= 1, got {self.keep_checkpoint_max}")
-    _need(-1 <= self.fine_tune_after_block <= 4,
-          "fine_tune_after_block must be in [-1, 4], got "
-          f"{self.fine_tune_after_block}")
+    _check_range(self, "keep_checkpoint_max", ge=1)
+    _check_range(self, "fine_tune_after_block", ge=-1, le=4)
     _need(not (self.train_mode == "pretrain" and
                self.fine_tune_after_block != -1 and self.mode != "eval"),
           "fine_tune_after_block only applies to --train_mode=finetune, got "
           f"{self.fine_tune_after_block} with --train_mode={self.train_mode}")
-    _need(0.0 <= self.label_fraction <= 1.0,
-          f"label_fraction must be in [0, 1], got {self.label_fraction}")
+    _check_range(self, "label_fraction", ge=0, le=1)
     _need(not (self.label_fraction and self.label_subset_file),
           "--label_fraction and --label_subset_file are exclusive, got "
           f"{self.label_fraction} and {self.label_subset_file!r}")
-    _need(self.distill_temperature > 0,
-          f"distill_temperature must be > 0, got {self.distill_temperature}")
-    _need(0.0 <= self.distill_label_weight <= 1.0,
-          "distill_label_weight must be in [0, 1], got "
-          f"{self.distill_label_weight}")
+    _check_range(self, "distill_temperature", gt=0)
+    _check_range(self, "distill_label_weight", ge=0, le=1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,13 @@ DEFAULT = configs.DEFAULT_PRESET
 _LENGTH_KEYS = ("train_epochs", "train_steps")
 
 
+# The original code's augmentation (crops down to 8 % of the image, flips).
+_ORIGINAL_AUGMENTATION = {"min_crop_area": 0.08, "finetune_min_crop_area": 0.08,
+                          "horizontal_flip": True}
+# digits_cpu's k-NN and probes after pretraining, off for the large recipes.
+_NO_MONITORS = {"knn_eval": False, "probe_label_fractions": ()}
+
+
 def _frozen(values: Mapping[str, Any]) -> Mapping[str, Any]:
   return types.MappingProxyType(dict(values))
 
@@ -136,13 +143,11 @@ def _cifar10_simclr() -> Preset:
   common = {
       "dataset": "cifar10", "image_size": 32, "eval_split": "test",
       "resnet_depth": 18, "width_multiplier": 1.0,
-      "min_crop_area": 0.08, "finetune_min_crop_area": 0.08,
-      "horizontal_flip": True, "use_blur": False,
-      "color_jitter_strength": 0.5, "temperature": 0.5,
+      **_ORIGINAL_AUGMENTATION, **_NO_MONITORS,
+      "use_blur": False, "color_jitter_strength": 0.5, "temperature": 0.5,
       "optimizer": "lars", "learning_rate": 1.0,
       "learning_rate_scaling": "linear", "warmup_epochs": 10.0,
       "weight_decay": 1e-4, "train_batch_size": 512, "train_epochs": 1000.0,
-      "knn_eval": False, "probe_label_fractions": (),
   }
   # Its linear-evaluation command: a zero-initialised head on the frozen
   # encoder (all four block groups), momentum SGD at 0.1, no weight decay,
@@ -180,13 +185,11 @@ def _imagenet_simclrv2() -> Preset:
       "dataset": "imagenet2012", "image_size": 224, "eval_split": "validation",
       "resnet_depth": 50, "width_multiplier": 1.0, "sk_ratio": 0.0625,
       "num_proj_layers": 3, "global_bn": True,
-      "min_crop_area": 0.08, "finetune_min_crop_area": 0.08,
-      "horizontal_flip": True, "use_blur": True,
-      "color_jitter_strength": 1.0, "temperature": 0.1,
+      **_ORIGINAL_AUGMENTATION, **_NO_MONITORS,
+      "use_blur": True, "color_jitter_strength": 1.0, "temperature": 0.1,
       "optimizer": "lars", "learning_rate": 0.075,
       "learning_rate_scaling": "sqrt", "warmup_epochs": 10.0,
       "weight_decay": 1e-4, "train_batch_size": 4096, "train_epochs": 800.0,
-      "knn_eval": False, "probe_label_fractions": (),
   }
   # The paper's fine-tuning on 1 % of the labels (the TFDS subset holding the
   # paper's 1 % list): from the first projection layer, LARS at
