@@ -318,3 +318,46 @@ def test_use_tpu_selects_the_tpu_strategy_in_the_config():
   assert configs.TrainConfig(use_tpu=True).distribution == "tpu"
   assert configs.TrainConfig(use_tpu=True,
                              distribution="tpu").distribution == "tpu"
+
+
+def test_run_validates_then_says_which_preset_applies(monkeypatch):
+  import tf_simclr
+  from tf_simclr.training import experiment
+  calls = []
+
+  def run_experiment(cfg, print_fn):
+    calls.append(cfg)
+    return {"global_step": 0}
+
+  monkeypatch.setattr(experiment, "run_experiment", run_experiment)
+  assert tf_simclr.ExperimentConfig is configs.ExperimentConfig
+  cfg = tf_simclr.presets.get("digits_cpu").config(dataset="mnist")
+  lines = []
+  assert tf_simclr.run(cfg, print_fn=lines.append) == {"global_step": 0}
+  assert calls == [cfg]
+  assert lines == [presets.dataset_note(cfg)] and "mnist" in lines[0]
+  with pytest.raises(ValueError, match="finetune needs --checkpoint"):
+    tf_simclr.run(presets.get("digits_cpu").config("finetune"))
+  with pytest.raises(ValueError, match="config must be a "
+                     "tf_simclr.ExperimentConfig, got dict"):
+    tf_simclr.run({})
+  assert len(calls) == 1
+
+
+def test_helpfull_shows_the_chosen_presets_stage_values_and_exits_0():
+  import subprocess
+  import sys
+  from conftest import REPO_ROOT
+  result = subprocess.run(
+      [sys.executable, str(REPO_ROOT / "run.py"), "--preset=cifar10_simclr",
+       "--train_mode=finetune", "--helpfull"],
+      capture_output=True, text=True, timeout=120, cwd=str(REPO_ROOT))
+  assert result.returncode == 0, result.stderr
+  help_of = {}
+  for block in result.stdout.split("\n  --")[1:]:
+    name = block.split(":", 1)[0]
+    help_of[name] = block
+  assert "(default: 'momentum')" in help_of["optimizer"]
+  assert "(default: '4')" in help_of["fine_tune_after_block"]
+  assert "(default: 'cifar10_simclr')" in help_of["preset"]
+  assert "(default: 'auto')" in help_of["stem"]
