@@ -16,9 +16,6 @@ from absl import flags
 from tf_simclr import configs
 from tf_simclr import presets
 
-MODES = configs.MODES
-TRAIN_MODES = configs.TRAIN_MODES
-
 
 def _scan(argv: Sequence[str], name: str) -> Optional[str]:
   """The last value given as --name=V or --name V in argv, before parsing."""
@@ -55,7 +52,7 @@ def define_flags(argv: Optional[Sequence[str]] = None) -> None:
   if preset_name not in presets.names():
     preset_name = presets.DEFAULT
   train_mode = _scan(argv, "train_mode")
-  if train_mode not in TRAIN_MODES:
+  if train_mode not in configs.TRAIN_MODES:
     train_mode = "pretrain"
   values = presets.get(preset_name).values(train_mode)
 
