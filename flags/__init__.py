@@ -1,6 +1,9 @@
-"""Command-line flags of run.py and their conversion into ExperimentConfig."""
+"""Command-line flags of tf-simclr / run.py and their conversion into ExperimentConfig.
 
-from flags.config import config_from_flags, validate
-from flags.definitions import define_flags
+Installed as the package `tf_simclr.cli`, so imports here stay relative.
+"""
 
-__all__ = ["config_from_flags", "define_flags", "validate"]
+from .config import config_from_flags
+from .definitions import define_flags
+
+__all__ = ["config_from_flags", "define_flags"]

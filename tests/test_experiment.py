@@ -22,15 +22,19 @@ def tiny_config(model_dir, **train_overrides) -> configs.ExperimentConfig:
   train = dict(model_dir=str(model_dir), distribution="one_device",
                train_batch_size=16,
                eval_batch_size=64, train_steps=4, checkpoint_steps=2,
-               steps_per_loop=2, jit_compile=False)
+               steps_per_loop=2, jit_compile=False, train_epochs=100.0,
+               knn_eval=False, probe_label_fractions=())
   train.update(train_overrides)
   return configs.ExperimentConfig(
       model=configs.ModelConfig(resnet_depth=18, width_multiplier=0.125,
                                 stem=configs.STEM_CIFAR),
       head=configs.HeadConfig(proj_out_dim=16),
+      loss=configs.LossConfig(temperature=0.1),
       data=configs.DataConfig(dataset="digits", image_size=16,
-                              color_jitter_strength=0.5, use_blur=True),
-      optimizer=configs.OptimizerConfig(warmup_epochs=0.0),
+                              color_jitter_strength=0.5, use_blur=True,
+                              min_crop_area=0.08, finetune_min_crop_area=0.08,
+                              horizontal_flip=True),
+      optimizer=configs.OptimizerConfig(warmup_epochs=0.0, weight_decay=1e-6),
       train=configs.TrainConfig(**train))
 
 

@@ -8,6 +8,7 @@ from absl import flags as absl_flags
 
 import flags as tf_simclr_flags
 from tf_simclr import configs
+from tf_simclr import presets
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ def test_supervised_stages_derive_batch_and_length_unless_flags_are_given(
   assert (cfg.train.train_batch_size, cfg.train.min_train_steps) == (256, 0)
 
 
-def test_digits_recipe_applies_to_digits_only(parse):
+def test_digits_recipe_is_the_default_preset_for_any_dataset(parse):
   cfg = parse()
   assert not cfg.data.horizontal_flip
   assert cfg.data.finetune_min_crop_area == 0.4
@@ -115,10 +116,17 @@ def test_digits_recipe_applies_to_digits_only(parse):
   assert cfg.train.train_epochs == 60.0
   assert parse("--horizontal_flip").data.horizontal_flip
   assert parse("--train_mode=supervised").train.probe_label_fractions == ()
+  # Another dataset keeps the preset's values (no per-dataset tables) and
+  # says which preset applies.
   cfg = parse("--dataset=cifar10")
-  assert cfg.data.horizontal_flip and not cfg.train.knn_eval
-  assert cfg.data.finetune_min_crop_area == 0.08
-  assert cfg.train.probe_label_fractions == ()
+  assert not cfg.data.horizontal_flip and cfg.train.knn_eval
+  assert cfg.data.finetune_min_crop_area == 0.4
+  assert presets.dataset_note(cfg) == (
+      "note: preset digits_cpu (made for --dataset=digits) applies to "
+      "--dataset=cifar10; its values are kept where no flag is given "
+      "(--preset=digits_cpu|cifar10_simclr|imagenet_simclrv2)")
+  assert presets.dataset_note(parse()) is None
+  assert presets.dataset_note(parse("--preset=cifar10_simclr")) is None
 
 
 def test_config_json_round_trip(parse):
@@ -173,3 +181,183 @@ def test_tpu_flags_reach_the_config_and_the_cluster_resolver(parse,
       {"tpu": "grpc://10.0.0.2:8470", "zone": None, "project": None}]
   with pytest.raises(ValueError, match="tpu_name or master, not both"):
     strategy_lib.build_strategy("tpu", "t1", master="grpc://h:1")
+
+
+# ------------------------------------------------------------------ presets ---
+
+
+def test_dataclass_defaults_are_the_default_preset():
+  assert presets.DEFAULT == "digits_cpu"
+  assert configs.ExperimentConfig() == presets.get("digits_cpu").config()
+  assert configs.ExperimentConfig().preset == "digits_cpu"
+  assert configs.ExperimentConfig().overrides == {}
+
+
+def test_flags_without_values_give_the_default_preset(parse):
+  assert parse() == configs.ExperimentConfig()
+  for mode in ("finetune", "distill"):
+    args = (f"--train_mode={mode}", "--checkpoint=/c",
+            "--teacher_checkpoint=/t")
+    assert parse(*args) == presets.get("digits_cpu").config(
+        mode, checkpoint="/c", teacher_checkpoint="/t")
+
+
+@pytest.mark.parametrize("name", ["digits_cpu", "cifar10_simclr",
+                                  "imagenet_simclrv2"])
+@pytest.mark.parametrize("mode", configs.TRAIN_MODES)
+def test_every_preset_and_stage_round_trips_through_config_json(name, mode):
+  cfg = presets.get(name).config(mode, model_dir="ram://run", seed=3)
+  path = f"ram://presets/{name}/{mode}/config.json"
+  with tf.io.gfile.GFile(path, "w") as f:
+    f.write(cfg.to_json())
+  with tf.io.gfile.GFile(path) as f:
+    restored = configs.ExperimentConfig.from_json(f.read())
+  assert restored == cfg
+  assert (restored.preset, restored.overrides) == (
+      name, {"model_dir": "ram://run", "seed": 3})
+  assert (restored.data.seed, restored.train.seed) == (3, 3)
+
+
+def test_preset_values_of_the_original_recipes():
+  c = presets.get("cifar10_simclr").config()
+  assert (c.data.dataset, c.data.image_size, c.model.resnet_depth,
+          c.model.width_multiplier, c.model.stem) == ("cifar10", 32, 18, 1.0,
+                                                      "cifar")
+  assert (c.train.train_batch_size, c.train.train_epochs,
+          c.optimizer.learning_rate, c.optimizer.learning_rate_scaling,
+          c.optimizer.weight_decay, c.loss.temperature) == (
+              512, 1000.0, 1.0, "linear", 1e-4, 0.5)
+  assert (c.data.use_blur, c.data.color_jitter_strength,
+          c.data.min_crop_area, c.data.horizontal_flip) == (False, 0.5, 0.08,
+                                                            True)
+  assert not c.train.knn_eval and c.train.probe_label_fractions == ()
+  f = presets.get("cifar10_simclr").config("finetune", checkpoint="/p")
+  assert (f.train.fine_tune_after_block, f.head.zero_init_logits_layer,
+          f.model.global_bn, f.optimizer.optimizer, f.optimizer.learning_rate,
+          f.optimizer.weight_decay, f.optimizer.warmup_epochs,
+          f.train.train_epochs, f.train.train_batch_size) == (
+              4, True, False, "momentum", 0.1, 0.0, 0.0, 100.0, 512)
+  i = presets.get("imagenet_simclrv2").config()
+  assert (i.data.dataset, i.data.image_size, i.data.eval_split,
+          i.model.resnet_depth, i.model.sk_ratio, i.model.stem,
+          i.model.shortcut, i.head.num_proj_layers, i.model.global_bn) == (
+              "imagenet2012", 224, "validation", 50, 0.0625, "resnet_d",
+              "resnet_d", 3, True)
+  assert (i.train.train_batch_size, i.train.train_epochs,
+          i.optimizer.optimizer, i.optimizer.learning_rate,
+          i.optimizer.learning_rate_scaling, i.loss.temperature,
+          i.data.use_blur) == (4096, 800.0, "lars", 0.075, "sqrt", 0.1, True)
+  f = presets.get("imagenet_simclrv2").config("finetune")
+  assert (f.data.dataset, f.head.ft_proj_selector, f.train.train_batch_size,
+          f.optimizer.learning_rate * 1024 ** 0.5, f.optimizer.warmup_epochs,
+          f.optimizer.weight_decay, f.train.train_epochs) == (
+              "imagenet2012_subset/1pct", 1, 1024, 0.16, 0.0, 0.0, 60.0)
+  d = presets.get("imagenet_simclrv2").config("distill")
+  assert (d.train.distill_temperature, d.train.distill_label_weight,
+          d.train.train_epochs, d.data.dataset) == (1.0, 0.0, 400.0,
+                                                    "imagenet2012")
+
+
+def test_flags_given_explicitly_override_the_preset(parse):
+  cfg = parse("--preset=cifar10_simclr", "--temperature=0.3",
+              "--train_steps=7")
+  assert (cfg.loss.temperature, cfg.train.train_steps,
+          cfg.train.train_batch_size) == (0.3, 7, 512)
+  assert cfg.preset == "cifar10_simclr"
+  assert cfg.overrides == {"temperature": 0.3, "train_steps": 7}
+  # A flag given with the preset's own value is still recorded.
+  assert parse("--preset=cifar10_simclr",
+               "--image_size=32").overrides == {"image_size": 32}
+  # The stem follows the overridden size, as --stem=auto always did.
+  assert parse("--preset=cifar10_simclr",
+               "--image_size=64").model.stem == "imagenet"
+
+
+def test_an_explicit_length_drops_the_stage_minimum():
+  p = presets.get("digits_cpu")
+  assert p.config("finetune").train.min_train_steps == 300
+  assert p.config("finetune", train_epochs=5.0).train.min_train_steps == 0
+  assert p.config("finetune", train_steps=5).train.min_train_steps == 0
+  assert p.config("finetune", train_steps=5,
+                  min_train_steps=9).train.min_train_steps == 9
+
+
+def test_unknown_presets_and_overrides_are_named():
+  with pytest.raises(ValueError, match=r"unknown preset 'cifar'; known: "
+                     r"\('digits_cpu', 'cifar10_simclr', 'imagenet_simclrv2'\)"):
+    presets.get("cifar")
+  with pytest.raises(ValueError, match=r"unknown override\(s\) \['depth'\]"):
+    presets.get("digits_cpu").config(depth=50)
+  with pytest.raises(ValueError, match="train_mode must be one of"):
+    presets.get("digits_cpu").config("linear")
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: configs.ModelConfig(width_multiplier=0),
+     "width_multiplier must be > 0, got 0"),
+    (lambda: configs.ModelConfig(stem="auto"), "stem must be one of"),
+    (lambda: configs.OptimizerConfig(optimizer="sgd"),
+     "optimizer must be one of .* got 'sgd'"),
+    (lambda: configs.TrainConfig(probe_label_fractions=(0.0,)),
+     r"probe_label_fractions values must be in \(0, 1\], got 0.0"),
+    (lambda: configs.ExperimentConfig(
+        data=configs.DataConfig(pretrain_image_size=12),
+        train=configs.TrainConfig(train_mode="distill")),
+     "pretrain_image_size only applies"),
+    (lambda: presets.get("digits_cpu").config(temperature=-1.0),
+     "temperature must be > 0, got -1.0"),
+    (lambda: presets.get("digits_cpu").config("finetune").validate(),
+     "finetune needs --checkpoint"),
+])
+def test_the_library_validates_configs(build, message):
+  with pytest.raises(ValueError, match=message):
+    build()
+
+
+def test_use_tpu_selects_the_tpu_strategy_in_the_config():
+  assert configs.TrainConfig(use_tpu=True).distribution == "tpu"
+  assert configs.TrainConfig(use_tpu=True,
+                             distribution="tpu").distribution == "tpu"
+
+
+def test_run_validates_then_says_which_preset_applies(monkeypatch):
+  import tf_simclr
+  from tf_simclr.training import experiment
+  calls = []
+
+  def run_experiment(cfg, print_fn):
+    calls.append(cfg)
+    return {"global_step": 0}
+
+  monkeypatch.setattr(experiment, "run_experiment", run_experiment)
+  assert tf_simclr.ExperimentConfig is configs.ExperimentConfig
+  cfg = tf_simclr.presets.get("digits_cpu").config(dataset="mnist")
+  lines = []
+  assert tf_simclr.run(cfg, print_fn=lines.append) == {"global_step": 0}
+  assert calls == [cfg]
+  assert lines == [presets.dataset_note(cfg)] and "mnist" in lines[0]
+  with pytest.raises(ValueError, match="finetune needs --checkpoint"):
+    tf_simclr.run(presets.get("digits_cpu").config("finetune"))
+  with pytest.raises(ValueError, match="config must be a "
+                     "tf_simclr.ExperimentConfig, got dict"):
+    tf_simclr.run({})
+  assert len(calls) == 1
+
+
+def test_helpfull_shows_the_chosen_presets_stage_values_and_exits_0():
+  import subprocess
+  import sys
+  from conftest import REPO_ROOT
+  result = subprocess.run(
+      [sys.executable, str(REPO_ROOT / "run.py"), "--preset=cifar10_simclr",
+       "--train_mode=finetune", "--helpfull"],
+      capture_output=True, text=True, timeout=120, cwd=str(REPO_ROOT))
+  assert result.returncode == 0, result.stderr
+  help_of = {}
+  for block in result.stdout.split("\n  --")[1:]:
+    name = block.split(":", 1)[0]
+    help_of[name] = block
+  assert "(default: 'momentum')" in help_of["optimizer"]
+  assert "(default: '4')" in help_of["fine_tune_after_block"]
+  assert "(default: 'cifar10_simclr')" in help_of["preset"]
+  assert "(default: 'auto')" in help_of["stem"]

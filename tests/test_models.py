@@ -375,10 +375,11 @@ def test_resnet_bad_arguments_raise(kwargs, arg):
     (lambda: simclr_model.SimCLRModel(
         resnet.ResNet(18), heads.ProjectionHead(), linear_eval=True),
      "linear_eval"),
-    (lambda: builder.build_model(configs.ModelConfig(), configs.HeadConfig(),
-                                 "train"), "train_mode"),
-    (lambda: builder.build_model(configs.ModelConfig(), configs.HeadConfig(),
-                                 "pretrain", frozen_through_block=2),
+    (lambda: builder.build_model(configs.ModelConfig(width_multiplier=1.0),
+                                 configs.HeadConfig(), "train"), "train_mode"),
+    (lambda: builder.build_model(configs.ModelConfig(width_multiplier=1.0),
+                                 configs.HeadConfig(), "pretrain",
+                                 frozen_through_block=2),
      "frozen_through_block"),
 ])
 def test_bad_arguments_raise(factory, arg):

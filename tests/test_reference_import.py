@@ -203,8 +203,9 @@ def test_infer_architecture_from_manifests(reference_dir, name, expected):
     pytest.param(dict(resnet_depth=50, width_multiplier=3, sk_ratio=0.0625,
                       stem="resnet_d", shortcut="resnet_d"), {}, "finetune",
                  marks=pytest.mark.slow),
-    pytest.param(dict(resnet_depth=50, sk_ratio=0.125, stem="imagenet",
-                      shortcut="resnet_d"), dict(ft_proj_selector=-1),
+    pytest.param(dict(resnet_depth=50, width_multiplier=1.0, sk_ratio=0.125,
+                      stem="imagenet", shortcut="resnet_d"),
+                 dict(ft_proj_selector=-1),
                  "finetune", marks=pytest.mark.slow),
     pytest.param(dict(resnet_depth=101, width_multiplier=0.25, stem="cifar"),
                  dict(num_proj_layers=1), "finetune", marks=pytest.mark.slow),
@@ -288,7 +289,8 @@ def test_unused_reference_keys_and_non_strict_loading(r18_fixture_dir):
   saved_model = r18_fixture_dir / "saved_model"
   io = np.load(r18_fixture_dir / "io.npz")
   model = builder.build_model(
-      configs.ModelConfig(resnet_depth=18, stem="cifar", global_bn=False),
+      configs.ModelConfig(resnet_depth=18, width_multiplier=1.0, stem="cifar",
+                          global_bn=False),
       configs.HeadConfig(num_classes=config["num_classes"],
                          lineareval_while_pretraining=False),
       "pretrain")
@@ -304,7 +306,8 @@ def test_unused_reference_keys_and_non_strict_loading(r18_fixture_dir):
 
   # A new label set: keep the fresh head, load everything else.
   finetune = builder.build_model(
-      configs.ModelConfig(resnet_depth=18, stem="cifar", global_bn=False),
+      configs.ModelConfig(resnet_depth=18, width_multiplier=1.0, stem="cifar",
+                          global_bn=False),
       configs.HeadConfig(num_classes=3), "finetune")
   finetune(tf.zeros([1, 32, 32, 3]), training=False)
   head_before = finetune.supervised_head.dense.kernel.numpy()
