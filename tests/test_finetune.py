@@ -10,7 +10,7 @@ import tf_keras as keras
 from tf_simclr import configs
 from tf_simclr.data import pipelines
 from tf_simclr.data import sources
-from tf_simclr.export import reference_import
+from tf_simclr.models import reference_import
 from tf_simclr.models import builder
 from tf_simclr.training import finetune
 from tf_simclr.training import optimizer as optimizer_lib

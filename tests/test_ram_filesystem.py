@@ -205,7 +205,7 @@ def test_image_folder_on_ram_matches_the_same_folder_on_disk(ram_root,
 
 
 def test_original_code_saved_model_on_ram(r18_fixture_dir, ram_root):
-  from tf_simclr.export import reference_import
+  from tf_simclr.models import reference_import
   from tf_simclr.training import checkpoints
   local = str(r18_fixture_dir / "saved_model")
   remote = f"{ram_root}/r18/saved_model"

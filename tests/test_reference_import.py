@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import tf_simclr
 from tf_simclr import configs
-from tf_simclr.export import reference_import
+from tf_simclr.models import reference_import
 from tf_simclr.models import builder
 from tf_simclr.models import heads
 from tf_simclr.models import resnet

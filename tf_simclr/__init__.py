@@ -8,5 +8,5 @@ def load_reference_saved_model(path, **architecture):
 
   See `tf_simclr.export.reference_import.load_reference_saved_model`.
   """
-  from tf_simclr.export import reference_import  # TF import deferred.
+  from tf_simclr.models import reference_import  # TF import deferred.
   return reference_import.load_reference_saved_model(path, **architecture)

@@ -48,7 +48,7 @@ def warm_start(model: keras.Model, path: str,
     What was loaded, for the log.
   """
   if is_saved_model_dir(path):
-    from tf_simclr.export import reference_import  # Pulls in the proto parser.
+    from tf_simclr.models import reference_import  # Pulls in the proto parser.
     reference_import.load_reference_weights_into(model, path)
     print_fn(f"warm start: loaded original-code SavedModel {path}")
     return path

@@ -400,7 +400,7 @@ def load_teacher(path: str,
   """
   path = os.fspath(path)
   if checkpoints.is_saved_model_dir(path):
-    from tf_simclr.export import reference_import  # Pulls in the proto parser.
+    from tf_simclr.models import reference_import  # Pulls in the proto parser.
     with strategy.scope():
       teacher = reference_import.load_reference_saved_model(path)
     if teacher.supervised_head is None:

@@ -388,7 +388,7 @@ def export_from_checkpoint(cfg: configs.ExperimentConfig,
   if not path:
     raise ValueError("--mode=export needs --checkpoint=PATH")
   if checkpoints.is_saved_model_dir(path):
-    from tf_simclr.export import reference_import
+    from tf_simclr.models import reference_import
     model = reference_import.load_reference_saved_model(path)
     head = model.supervised_head
     cfg = dataclasses.replace(cfg, head=dataclasses.replace(

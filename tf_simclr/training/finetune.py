@@ -162,7 +162,7 @@ def _head_matches(model: simclr_model.SimCLRModel,
 
 def _reference_head_kernel_shape(path: str) -> Optional[list[int]]:
   """Shape of an original-code model's supervised-head kernel, if any."""
-  from tf_simclr.export import reference_import  # Pulls in the proto parser.
+  from tf_simclr.models import reference_import  # Pulls in the proto parser.
   prefix = reference_import.checkpoint_prefix(path)
   shapes = paths.checkpoint_reader(prefix).get_variable_to_shape_map()
   for p, k in reference_import.read_reference_object_graph(prefix).items():
@@ -204,7 +204,7 @@ def warm_start_finetune(model: simclr_model.SimCLRModel,
   if not model.built:
     raise ValueError("model must be built (called once) before warm start")
   if checkpoints.is_saved_model_dir(path):
-    from tf_simclr.export import reference_import  # Pulls in the proto parser.
+    from tf_simclr.models import reference_import  # Pulls in the proto parser.
     with_head = (_reference_head_kernel_shape(path) ==
                  model.supervised_head.dense.kernel.shape.as_list())
     reference_import.load_reference_weights_into(
