@@ -422,7 +422,7 @@ def _training_source(cfg: configs.ExperimentConfig,
   if t.train_mode == "pretrain" or not (t.label_fraction or
                                         t.label_subset_file):
     return source
-  return finetune.labelled_subset_source(
+  return subsets.labelled_subset_source(
       source, cfg.data.train_split,
       label_fraction=t.label_fraction or None,
       label_subset_file=t.label_subset_file, seed=t.seed, print_fn=print_fn)
