@@ -10,6 +10,7 @@ import tf_keras as keras
 from tf_simclr import configs
 from tf_simclr.models import reference_import
 from tf_simclr.models import builder
+from tf_simclr.models import loading
 from tf_simclr.training import finetune
 from tf_simclr.training import optimizer as optimizer_lib
 
@@ -193,7 +194,7 @@ def test_warm_start_from_pretraining_checkpoint(tmp_path):
   pretrained = _pretrained_checkpoint(tmp_path)
   lines = []
   model = _model("finetune", frozen=2)
-  prefix = finetune.warm_start_finetune(model, str(tmp_path),
+  prefix = loading.warm_start(model, str(tmp_path),
                                         print_fn=lines.append)
   assert prefix.endswith("ckpt-1")
   _assert_same(model.backbone.variables, pretrained.backbone.variables)
@@ -206,7 +207,7 @@ def test_warm_start_from_pretraining_checkpoint(tmp_path):
 
   zeroed = _model("finetune", head=configs.HeadConfig(
       proj_out_dim=16, num_classes=CLASSES, zero_init_logits_layer=True))
-  finetune.warm_start_finetune(zeroed, str(tmp_path),
+  loading.warm_start(zeroed, str(tmp_path),
                                zero_init_logits_layer=True,
                                print_fn=lines.append)
   _assert_same(zeroed.backbone.variables, pretrained.backbone.variables)
@@ -221,7 +222,7 @@ def test_warm_start_with_other_classes_skips_the_head(tmp_path):
   model = _model("finetune")
   initial_head = _values(model.supervised_head.variables)
   lines = []
-  finetune.warm_start_finetune(model, str(tmp_path), print_fn=lines.append)
+  loading.warm_start(model, str(tmp_path), print_fn=lines.append)
   _assert_same(model.backbone.variables, pretrained.backbone.variables)
   for name, value in _values(model.supervised_head.variables).items():
     np.testing.assert_array_equal(value, initial_head[name])
@@ -234,11 +235,11 @@ def test_warm_start_rejects_other_architectures_and_empty_dirs(tmp_path):
       resnet_depth=18, width_multiplier=0.25, stem=configs.STEM_CIFAR,
       global_bn=False))
   with pytest.raises(ValueError):
-    finetune.warm_start_finetune(wider, str(tmp_path), print_fn=lambda _: 0)
+    loading.warm_start(wider, str(tmp_path), print_fn=lambda _: 0)
   empty = tmp_path / "empty"
   empty.mkdir()
-  with pytest.raises(ValueError, match="no tf_simclr checkpoint"):
-    finetune.warm_start_finetune(_model("finetune"), str(empty),
+  with pytest.raises(ValueError, match="holds no checkpoint"):
+    loading.warm_start(_model("finetune"), str(empty),
                                  print_fn=lambda _: 0)
 
 
@@ -271,12 +272,12 @@ def test_restore_reference_fixture_into_finetune_model(r18_fixture_dir):
   np.testing.assert_array_equal(model.supervised_head.dense.kernel.numpy(),
                                 initial_head)
   # Through the fine-tuning warm start: 10 classes, so the head is loaded...
-  finetune.warm_start_finetune(model, saved_model, print_fn=lambda _: 0)
+  loading.warm_start(model, saved_model, print_fn=lambda _: 0)
   np.testing.assert_allclose(
       model(io["inputs"], training=False)["logits_sup"].numpy(),
       io["logits_sup"], atol=1e-4, rtol=0)
   # ...unless zero_init_logits_layer asks for a zeroed classifier.
-  finetune.warm_start_finetune(model, saved_model,
+  loading.warm_start(model, saved_model,
                                zero_init_logits_layer=True,
                                print_fn=lambda _: 0)
   logits = model(io["inputs"], training=False)["logits_sup"].numpy()
@@ -288,7 +289,7 @@ def test_restore_reference_fixture_into_finetune_model(r18_fixture_dir):
   other = _fixture_finetune_model(r18_fixture_dir, num_classes=7)
   initial_head = other.supervised_head.dense.kernel.numpy().copy()
   lines = []
-  finetune.warm_start_finetune(other, saved_model, print_fn=lines.append)
+  loading.warm_start(other, saved_model, print_fn=lines.append)
   np.testing.assert_allclose(
       other(io["inputs"], training=False)["final_avg_pool"].numpy(),
       io["final_avg_pool"], atol=1e-4, rtol=0)

@@ -56,7 +56,7 @@ def _model_from_manifest_config(config, input_size=32):
 
 
 def test_loaded_fixture_reproduces_reference_outputs(r18_fixture_dir):
-  model = tf_simclr.load_reference_saved_model(
+  model = tf_simclr.load(
       r18_fixture_dir / "saved_model")
   assert isinstance(model, simclr_model.SimCLRModel)
   io = np.load(r18_fixture_dir / "io.npz")

@@ -13,16 +13,12 @@ Semi-supervised fine-tuning reads a `data.subsets.labelled_subset_source`.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
-
 import orbit
 import tensorflow as tf
 import tf_keras as keras
 
 from tf_simclr import losses
-from tf_simclr import paths
 from tf_simclr.models import simclr_model
-from tf_simclr.training import checkpoints
 from tf_simclr.training import common
 from tf_simclr.training import optimizer as optimizer_lib
 from tf_simclr.training import precision
@@ -31,12 +27,6 @@ from tf_simclr.training.pretrain import SUPERVISED_ACC
 from tf_simclr.training.pretrain import SUPERVISED_LOSS
 from tf_simclr.training.pretrain import TOTAL_LOSS
 from tf_simclr.training.pretrain import WEIGHT_DECAY
-
-# Checkpoint key of the supervised head's variables in a tf_simclr checkpoint
-# written as tf.train.Checkpoint(model=...): attribute names of SimCLRModel
-# (`supervised_head`) and SupervisedHead (`dense`).
-_HEAD_CHECKPOINT_KEY = (
-    "model/supervised_head/dense/{}/.ATTRIBUTES/VARIABLE_VALUE")
 
 
 class FinetuneTrainer(orbit.StandardTrainer):
@@ -132,98 +122,3 @@ class FinetuneTrainer(orbit.StandardTrainer):
     results = common.metric_results(self.metrics, self.metrics)
     results[LEARNING_RATE] = common.learning_rate_value(self.optimizer)
     return results
-
-
-# ----------------------------------------------------------------------------
-# Warm start
-
-
-def _head_matches(model: simclr_model.SimCLRModel,
-                  shapes: dict[str, list[int]]) -> bool:
-  dense = model.supervised_head.dense
-  return all(
-      shapes.get(_HEAD_CHECKPOINT_KEY.format(name)) ==
-      getattr(dense, name).shape.as_list()
-      for name in ("kernel", "bias"))
-
-
-def _reference_head_kernel_shape(path: str) -> Optional[list[int]]:
-  """Shape of an original-code model's supervised-head kernel, if any."""
-  from tf_simclr.models import reference_import  # Pulls in the proto parser.
-  prefix = reference_import.checkpoint_prefix(path)
-  shapes = paths.checkpoint_reader(prefix).get_variable_to_shape_map()
-  for p, k in reference_import.read_reference_object_graph(prefix).items():
-    if p.startswith("model/supervised_head/") and p.endswith("/kernel"):
-      return [int(d) for d in shapes[k]]
-  return None
-
-
-def warm_start_finetune(model: simclr_model.SimCLRModel,
-                        path: str,
-                        zero_init_logits_layer: bool = False,
-                        print_fn: Callable[[str], None] = print) -> str:
-  """Loads pretrained weights into a fine-tuning model (SPEC §7.2).
-
-  Backbone and projection head are always loaded (never optimizer state or
-  step). The supervised head is loaded too when the source has one of the
-  same shape (a pretraining run with linear eval on the same classes, as the
-  reference does); otherwise it keeps its initial values. With
-  `zero_init_logits_layer` the head's kernel and bias are zeroed after
-  loading, which the reference intended but never did (quirk Q4).
-
-  Args:
-    model: a built `SimCLRModel` with a supervised head.
-    path: a tf_simclr checkpoint prefix or directory, or an original-code
-      SavedModel directory.
-    zero_init_logits_layer: zero the supervised head after loading.
-    print_fn: receives one line describing what was loaded.
-
-  Returns:
-    The checkpoint prefix or SavedModel directory that was loaded.
-
-  Raises:
-    ValueError: if nothing restorable is at `path` or its backbone or
-      projection head does not match the model's architecture.
-  """
-  if getattr(model, "supervised_head", None) is None:
-    raise ValueError(
-        f"model must be a SimCLRModel with a supervised head, got {model!r}")
-  if not model.built:
-    raise ValueError("model must be built (called once) before warm start")
-  if checkpoints.is_saved_model_dir(path):
-    from tf_simclr.models import reference_import  # Pulls in the proto parser.
-    with_head = (_reference_head_kernel_shape(path) ==
-                 model.supervised_head.dense.kernel.shape.as_list())
-    reference_import.load_reference_weights_into(
-        model, path, include_supervised_head=with_head)
-    source = path
-    what = "original-code SavedModel"
-  else:
-    source = checkpoints.resolve_checkpoint_prefix(path)
-    shapes = paths.checkpoint_reader(source).get_variable_to_shape_map()
-    with_head = _head_matches(model, shapes)
-    if with_head:
-      targets = model
-    else:
-      # A stand-in with the same attribute names matches the same checkpoint
-      # keys but leaves the supervised head out of the restore.
-      targets = tf.train.Checkpoint(backbone=model.backbone,
-                                    projection_head=model.projection_head)
-    status = tf.train.Checkpoint(model=targets).restore(source)
-    status.expect_partial()
-    try:
-      status.assert_existing_objects_matched()
-    except AssertionError as e:
-      raise ValueError(
-          f"checkpoint {source!r} does not match this model's architecture: "
-          f"{str(e).splitlines()[0]}") from None
-    what = "tf_simclr checkpoint"
-  if zero_init_logits_layer:
-    model.supervised_head.zero_weights()
-  head = ("supervised head loaded" if with_head
-          else "supervised head not in the source (or another shape), "
-          "left at its initial values")
-  if zero_init_logits_layer:
-    head += "; supervised head zeroed"
-  print_fn(f"warm start: {what} {source} ({head})")
-  return source
