@@ -133,9 +133,9 @@ def describe(model: simclr_model.SimCLRModel) -> str:
 
 
 def model_from_config(cfg: configs.ExperimentConfig,
-                      image_size: Optional[int] = None
-                      ) -> simclr_model.SimCLRModel:
-  """The model of `cfg`'s stage for one replica, built, with initial weights.
+                      image_size: Optional[int] = None,
+                      replicas: int = 1) -> simclr_model.SimCLRModel:
+  """The model of `cfg`'s stage, built, with initial weights.
 
   Fine-tuning models keep their frozen blocks (`fine_tune_after_block`), so
   an export has the trainable variables the run had.
@@ -145,9 +145,12 @@ def model_from_config(cfg: configs.ExperimentConfig,
     image_size: the side of the images the model is first called on;
       default `cfg.data.image_size`. The network is fully convolutional, so
       this creates the same variables at any size.
+    replicas: replicas it runs on; synchronised batch norm (`global_bn`)
+      only with more than one.
   """
-  # One replica: no batch statistics to synchronise across replicas.
-  model_cfg = dataclasses.replace(cfg.model, global_bn=False)
+  # Synchronised BN across one replica only adds collectives.
+  model_cfg = dataclasses.replace(
+      cfg.model, global_bn=cfg.model.global_bn and replicas > 1)
   train_mode = cfg.train.train_mode
   frozen = (cfg.train.fine_tune_after_block
             if train_mode == builder.TRAIN_MODE_FINETUNE else -1)

@@ -372,7 +372,7 @@ def _single_device_copy(cfg: configs.ExperimentConfig, model: keras.Model,
   """
   if strategy.num_replicas_in_sync == 1:
     return model
-  copy = build_model(cfg, replicas=1)
+  copy = loading.model_from_config(cfg)
   copy.set_weights(model.get_weights())
   return copy
 
