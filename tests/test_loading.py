@@ -110,12 +110,14 @@ def test_resolve_checkpoint_errors_name_the_path(tmp_path):
 
 
 def test_load_run_dir_reproduces_the_model_at_any_image_size(tmp_path):
-  cfg = _config(tmp_path)
+  cfg = _config(tmp_path, fine_tune_after_block=2)
   trained = _write_run(tmp_path, cfg)
   model = tf_simclr.load(str(tmp_path))
   assert model.backbone.width_multiplier == 0.0625
   assert model.supervised_head.num_classes == 10
   assert model.projection_head.ft_proj_selector == 1
+  # Not frozen, although the fine-tuning run froze two block groups.
+  assert len(model.trainable_variables) == len(trained.trainable_variables)
   _assert_same_outputs(model, trained, SIZE)
   # Built at 24 px: still the trained weights, on 24 px images.
   bigger = tf_simclr.load(str(tmp_path), image_size=24)
@@ -132,6 +134,10 @@ def test_load_run_dir_reproduces_the_model_at_any_image_size(tmp_path):
   assert loaded.source == str(tmp_path / "ckpt-5")
   assert loaded.kind == loading.TF_SIMCLR_CHECKPOINT
   _assert_same_outputs(loaded.model, trained, SIZE)
+  # The export keeps the run's frozen blocks out of the trainable variables.
+  assert (len(trained.trainable_variables) >
+          len(loaded.model.trainable_variables) >
+          len(trained.supervised_head.trainable_variables))
 
 
 @pytest.mark.slow

@@ -46,7 +46,7 @@ def test_subset_rejects_bad_fraction(fraction):
     subsets.class_balanced_subset([0, 1], fraction)
 
 
-# ------------------------------------------------ labelled subsets of a source ---
+# -------------------------------------------- labelled subsets of a source ---
 
 
 @pytest.fixture(scope="module")

@@ -134,11 +134,9 @@ def describe(model: simclr_model.SimCLRModel) -> str:
 
 def model_from_config(cfg: configs.ExperimentConfig,
                       image_size: Optional[int] = None,
-                      replicas: int = 1) -> simclr_model.SimCLRModel:
+                      replicas: int = 1,
+                      freeze: bool = True) -> simclr_model.SimCLRModel:
   """The model of `cfg`'s stage, built, with initial weights.
-
-  Fine-tuning models keep their frozen blocks (`fine_tune_after_block`), so
-  an export has the trainable variables the run had.
 
   Args:
     cfg: an experiment config.
@@ -147,13 +145,16 @@ def model_from_config(cfg: configs.ExperimentConfig,
       this creates the same variables at any size.
     replicas: replicas it runs on; synchronised batch norm (`global_bn`)
       only with more than one.
+    freeze: freeze the blocks a fine-tuning run froze
+      (`fine_tune_after_block`), so that the model (and its export) has the
+      trainable variables the run had.
   """
   # Synchronised BN across one replica only adds collectives.
   model_cfg = dataclasses.replace(
       cfg.model, global_bn=cfg.model.global_bn and replicas > 1)
   train_mode = cfg.train.train_mode
   frozen = (cfg.train.fine_tune_after_block
-            if train_mode == builder.TRAIN_MODE_FINETUNE else -1)
+            if freeze and train_mode == builder.TRAIN_MODE_FINETUNE else -1)
   model = builder.build_model(model_cfg, cfg.head, train_mode,
                               frozen_through_block=frozen)
   size = image_size or cfg.data.image_size
@@ -192,8 +193,8 @@ def _locate(path: str) -> tuple[str, str]:
 def _load(path: "str | os.PathLike[str]", *,
           image_size: Optional[int] = None,
           architecture: Optional[dict[str, Any]] = None,
-          default_config: Optional[configs.ExperimentConfig] = None
-          ) -> LoadedModel:
+          default_config: Optional[configs.ExperimentConfig] = None,
+          freeze: bool = False) -> LoadedModel:
   """What `load`, `load_teacher` and `model_from_checkpoint` share."""
   path = os.fspath(path)
   architecture = dict(architecture or {})
@@ -237,7 +238,7 @@ def _load(path: "str | os.PathLike[str]", *,
         f"original-code models only; {path!r} is a tf_simclr checkpoint whose "
         f"architecture comes from {config_path or 'the given config'}")
   config = _read_config(config_path) if config_path else default_config
-  model = model_from_config(config, image_size)
+  model = model_from_config(config, image_size, freeze=freeze)
   against = (f"the architecture in {config_path!r}" if config_path
              else "the architecture of the given config")
   restore_and_verify(model, prefix, against=against)
@@ -285,14 +286,15 @@ def model_from_checkpoint(cfg: configs.ExperimentConfig,
   """The model export writes, from a checkpoint or an original SavedModel.
 
   A tf_simclr checkpoint is rebuilt with the config.json of the run that
-  wrote it; `cfg` only serves a checkpoint without one. An original-code
+  wrote it (blocks a fine-tuning run froze stay frozen, as in the export at
+  the end of that run); `cfg` only serves a checkpoint without one. An original-code
   model's architecture is inferred from its weights and `cfg` is returned
   with the model's class count.
 
   Returns:
     The `LoadedModel`; its `config` is the one to export with.
   """
-  loaded = _load(path, default_config=cfg)
+  loaded = _load(path, default_config=cfg, freeze=True)
   print_fn(f"loaded {loaded.kind} {loaded.source} ({describe(loaded.model)})")
   return loaded
 

@@ -1,4 +1,4 @@
-"""Checkpoints a run writes and resumes from (loading weights: `models.loading`)."""
+"""Checkpoints a run writes and resumes from (for loading: `models.loading`)."""
 
 from __future__ import annotations
 

@@ -152,8 +152,9 @@ class DistillTrainer(orbit.StandardTrainer):
     strategy: the distribution strategy the models and optimizer live in.
     teacher: a built `SimCLRModel` with a supervised head (see
       `models.loading.load_teacher`), or any callable
-      `teacher(images, training=False)` returning a dict with `LOGITS_SUP`. Called in inference mode and never
-      updated; its architecture may differ from the student's.
+      `teacher(images, training=False)` returning a dict with `LOGITS_SUP`.
+      Called in inference mode and never updated; its architecture may differ
+      from the student's.
     student: a built `SimCLRModel` with a supervised head
       (`build_model(..., 'distill')`), trained.
     optimizer: a tf_keras legacy optimizer whose `iterations` is the step.
