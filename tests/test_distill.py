@@ -9,6 +9,7 @@ import tf_keras as keras
 
 from tf_simclr import configs
 from tf_simclr.models import builder
+from tf_simclr.models import loading
 from tf_simclr.training import checkpoints
 from tf_simclr.training import distill
 from tf_simclr.training import optimizer as optimizer_lib
@@ -292,7 +293,7 @@ def test_load_teacher_builds_the_architecture_from_config_json(tmp_path):
   original = _saved_teacher_dir(tmp_path)
   lines = []
   strategy = tf.distribute.get_strategy()
-  teacher = distill.load_teacher(str(tmp_path), strategy,
+  teacher = loading.load_teacher(str(tmp_path), strategy,
                                  print_fn=lines.append)
   assert teacher.backbone.width_multiplier == 0.25
   assert teacher.supervised_head.num_classes == 7
@@ -304,7 +305,7 @@ def test_load_teacher_builds_the_architecture_from_config_json(tmp_path):
       original(images, training=False)["logits_sup"].numpy(), rtol=1e-5)
   assert "x0.25" in lines[0] and "7 classes" in lines[0]
   # A prefix inside the model_dir works too.
-  by_prefix = distill.load_teacher(str(tmp_path / "ckpt-12"), strategy,
+  by_prefix = loading.load_teacher(str(tmp_path / "ckpt-12"), strategy,
                                    print_fn=lambda _: 0)
   assert by_prefix.supervised_head.num_classes == 7
   # The loaded teacher drives a trainer only with a 7-class student.
@@ -315,18 +316,18 @@ def test_load_teacher_builds_the_architecture_from_config_json(tmp_path):
 def test_load_teacher_errors(tmp_path):
   strategy = tf.distribute.get_strategy()
   with pytest.raises(ValueError, match="config.json"):
-    distill.load_teacher(str(tmp_path), strategy)
+    loading.load_teacher(str(tmp_path), strategy)
   _saved_teacher_dir(tmp_path / "pretrained", train_mode="pretrain",
                      lineareval=False)
   with pytest.raises(ValueError, match="without a supervised head"):
-    distill.load_teacher(str(tmp_path / "pretrained"), strategy)
+    loading.load_teacher(str(tmp_path / "pretrained"), strategy)
   with pytest.raises(ValueError, match="config.json"):
-    distill.load_teacher(str(tmp_path / "nowhere"), strategy)
+    loading.load_teacher(str(tmp_path / "nowhere"), strategy)
 
 
 def test_load_teacher_from_reference_saved_model(r18_fixture_dir):
   io = np.load(r18_fixture_dir / "io.npz")
-  teacher = distill.load_teacher(str(r18_fixture_dir / "saved_model"),
+  teacher = loading.load_teacher(str(r18_fixture_dir / "saved_model"),
                                  tf.distribute.get_strategy(),
                                  print_fn=lambda _: 0)
   assert teacher.supervised_head.num_classes == 10

@@ -585,7 +585,7 @@ def test_export_base_validation(exported):
 @pytest.mark.slow
 def test_reference_fixture_round_trip(r18_fixture_dir, tmp_path):
   reference = np.load(r18_fixture_dir / "io.npz")
-  model = tf_simclr.load_reference_saved_model(
+  model = tf_simclr.load(
       str(r18_fixture_dir / "saved_model"))
   path = serving.export_serving(model, str(tmp_path), image_size=32,
                                 num_classes=None, top_k=20)

@@ -77,7 +77,8 @@ def test_resuming_another_architecture_is_an_error(tmp_path):
   wider = tiny_config(tmp_path, train_steps=4, mode="train")
   wider = dataclasses.replace(wider, model=dataclasses.replace(
       wider.model, width_multiplier=0.25))
-  with pytest.raises(ValueError, match="cannot resume from .*ckpt-2"):
+  with pytest.raises(ValueError, match="ckpt-2' does not match this run's "
+                     "model and optimizer, so the run cannot resume"):
     experiment.run_experiment(wider, print_fn=lambda _: None)
 
 

@@ -8,10 +8,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tf_simclr import configs
-from tf_simclr.data import pipelines
-from tf_simclr.data import sources
-from tf_simclr.export import reference_import
+from tf_simclr.models import reference_import
 from tf_simclr.models import builder
+from tf_simclr.models import loading
 from tf_simclr.training import finetune
 from tf_simclr.training import optimizer as optimizer_lib
 
@@ -195,7 +194,7 @@ def test_warm_start_from_pretraining_checkpoint(tmp_path):
   pretrained = _pretrained_checkpoint(tmp_path)
   lines = []
   model = _model("finetune", frozen=2)
-  prefix = finetune.warm_start_finetune(model, str(tmp_path),
+  prefix = loading.warm_start(model, str(tmp_path),
                                         print_fn=lines.append)
   assert prefix.endswith("ckpt-1")
   _assert_same(model.backbone.variables, pretrained.backbone.variables)
@@ -208,7 +207,7 @@ def test_warm_start_from_pretraining_checkpoint(tmp_path):
 
   zeroed = _model("finetune", head=configs.HeadConfig(
       proj_out_dim=16, num_classes=CLASSES, zero_init_logits_layer=True))
-  finetune.warm_start_finetune(zeroed, str(tmp_path),
+  loading.warm_start(zeroed, str(tmp_path),
                                zero_init_logits_layer=True,
                                print_fn=lines.append)
   _assert_same(zeroed.backbone.variables, pretrained.backbone.variables)
@@ -223,7 +222,7 @@ def test_warm_start_with_other_classes_skips_the_head(tmp_path):
   model = _model("finetune")
   initial_head = _values(model.supervised_head.variables)
   lines = []
-  finetune.warm_start_finetune(model, str(tmp_path), print_fn=lines.append)
+  loading.warm_start(model, str(tmp_path), print_fn=lines.append)
   _assert_same(model.backbone.variables, pretrained.backbone.variables)
   for name, value in _values(model.supervised_head.variables).items():
     np.testing.assert_array_equal(value, initial_head[name])
@@ -236,11 +235,11 @@ def test_warm_start_rejects_other_architectures_and_empty_dirs(tmp_path):
       resnet_depth=18, width_multiplier=0.25, stem=configs.STEM_CIFAR,
       global_bn=False))
   with pytest.raises(ValueError):
-    finetune.warm_start_finetune(wider, str(tmp_path), print_fn=lambda _: 0)
+    loading.warm_start(wider, str(tmp_path), print_fn=lambda _: 0)
   empty = tmp_path / "empty"
   empty.mkdir()
-  with pytest.raises(ValueError, match="no tf_simclr checkpoint"):
-    finetune.warm_start_finetune(_model("finetune"), str(empty),
+  with pytest.raises(ValueError, match="holds no checkpoint"):
+    loading.warm_start(_model("finetune"), str(empty),
                                  print_fn=lambda _: 0)
 
 
@@ -273,12 +272,12 @@ def test_restore_reference_fixture_into_finetune_model(r18_fixture_dir):
   np.testing.assert_array_equal(model.supervised_head.dense.kernel.numpy(),
                                 initial_head)
   # Through the fine-tuning warm start: 10 classes, so the head is loaded...
-  finetune.warm_start_finetune(model, saved_model, print_fn=lambda _: 0)
+  loading.warm_start(model, saved_model, print_fn=lambda _: 0)
   np.testing.assert_allclose(
       model(io["inputs"], training=False)["logits_sup"].numpy(),
       io["logits_sup"], atol=1e-4, rtol=0)
   # ...unless zero_init_logits_layer asks for a zeroed classifier.
-  finetune.warm_start_finetune(model, saved_model,
+  loading.warm_start(model, saved_model,
                                zero_init_logits_layer=True,
                                print_fn=lambda _: 0)
   logits = model(io["inputs"], training=False)["logits_sup"].numpy()
@@ -290,122 +289,13 @@ def test_restore_reference_fixture_into_finetune_model(r18_fixture_dir):
   other = _fixture_finetune_model(r18_fixture_dir, num_classes=7)
   initial_head = other.supervised_head.dense.kernel.numpy().copy()
   lines = []
-  finetune.warm_start_finetune(other, saved_model, print_fn=lines.append)
+  loading.warm_start(other, saved_model, print_fn=lines.append)
   np.testing.assert_allclose(
       other(io["inputs"], training=False)["final_avg_pool"].numpy(),
       io["final_avg_pool"], atol=1e-4, rtol=0)
   np.testing.assert_array_equal(other.supervised_head.dense.kernel.numpy(),
                                 initial_head)
   assert "left at its initial values" in lines[0]
-
-
-# --------------------------------------------------------- label subsets ---
-
-
-@pytest.fixture(scope="module")
-def digits():
-  return sources.DigitsSource()
-
-
-def test_fraction_subset_is_deterministic_balanced_and_logged(digits):
-  lines = []
-  first = finetune.select_labelled_examples(digits, "train",
-                                            label_fraction=0.1, seed=0,
-                                            print_fn=lines.append)
-  again = finetune.select_labelled_examples(digits, "train",
-                                            label_fraction=0.1, seed=0,
-                                            print_fn=lambda _: 0)
-  other = finetune.select_labelled_examples(digits, "train",
-                                            label_fraction=0.1, seed=1,
-                                            print_fn=lambda _: 0)
-  assert first.ids == again.ids
-  assert first.ids != other.ids
-  ids, labels = digits.example_index("train")
-  class_sizes = np.bincount(labels, minlength=10)
-  expected = {c: max(1, int(round(0.1 * n))) for c, n in enumerate(class_sizes)}
-  assert first.per_class_counts == expected
-  assert other.per_class_counts == expected
-  assert list(expected.values()) == [14, 15, 14, 15, 14, 15, 14, 14, 14, 14]
-  assert len(first.ids) == 143
-  assert first.num_split_examples == len(ids) == 1438
-  label_of = dict(zip(ids, labels))
-  assert [label_of[i] for i in first.ids] == list(first.labels)
-  assert np.bincount(first.labels).tolist() == [expected[c] for c in range(10)]
-  assert "143 of 1438" in lines[0]
-  assert f"0: {expected[0]}" in lines[0] and f"9: {expected[9]}" in lines[0]
-
-
-def test_subset_source_reads_only_the_subset(digits):
-  subset = finetune.labelled_subset_source(digits, "train", label_fraction=0.05,
-                                           seed=3, print_fn=lambda _: 0)
-  expected = finetune.select_labelled_examples(
-      digits, "train", label_fraction=0.05, seed=3, print_fn=lambda _: 0)
-  assert subset.num_examples("train") == len(expected.ids) == 70
-  read = [e["id"].decode() for e in subset.make_dataset(
-      "train", shuffle_files=True, seed=1).as_numpy_iterator()]
-  assert sorted(read) == sorted(expected.ids)
-  assert subset.num_examples("test") == digits.num_examples("test") == 359
-  assert subset.example_index("train")[0] == list(expected.ids)
-  batches = pipelines.build_finetune_dataset(
-      subset, "train", per_replica_batch_size=16, image_size=SIZE).take(10)
-  labels = np.concatenate([b["label"] for b in batches.as_numpy_iterator()])
-  # 160 draws from a 70-example subset: every class, in the subset's shares.
-  assert len(labels) == 160
-  assert set(labels) == set(range(10))
-
-
-def test_subset_file_ids_and_unknown_ids(digits, tmp_path):
-  ids, labels = digits.example_index("train")
-  path = tmp_path / "subset.txt"
-  path.write_text(f"# chosen by hand\n{ids[7]}\n\n{ids[2]}  # a comment\n"
-                  f"{ids[7]}\n")
-  subset = finetune.select_labelled_examples(
-      digits, "train", label_subset_file=str(path), print_fn=lambda _: 0)
-  assert subset.ids == (ids[2], ids[7])  # split order, duplicates dropped
-  assert list(subset.labels) == [labels[2], labels[7]]
-  assert sum(subset.per_class_counts.values()) == 2
-  bad = tmp_path / "bad.txt"
-  bad.write_text(f"{ids[0]}\nno_such_image.png\n99999\n")
-  with pytest.raises(ValueError, match="'no_such_image.png', '99999'"):
-    finetune.select_labelled_examples(digits, "train",
-                                      label_subset_file=str(bad),
-                                      print_fn=lambda _: 0)
-
-
-class _FolderLikeSource(sources.DigitsSource):
-  """Digits with image-folder style ids, for file-name matching."""
-
-  def example_index(self, split):
-    return (["train/a/x.png", "train/b/y.png", "train/a/z.png",
-             "train/b/z.png"], np.asarray([0, 1, 0, 1], np.int32))
-
-
-def test_subset_file_matches_unique_file_names(tmp_path):
-  source = _FolderLikeSource()
-  path = tmp_path / "names.txt"
-  path.write_text("y.png\ntrain/a/z.png\n")
-  subset = finetune.select_labelled_examples(
-      source, "train", label_subset_file=str(path), print_fn=lambda _: 0)
-  assert subset.ids == ("train/b/y.png", "train/a/z.png")
-  path.write_text("z.png\n")
-  with pytest.raises(ValueError, match="several"):
-    finetune.select_labelled_examples(
-        source, "train", label_subset_file=str(path), print_fn=lambda _: 0)
-
-
-def test_subset_argument_errors(digits, tmp_path):
-  with pytest.raises(ValueError, match="exactly one"):
-    finetune.select_labelled_examples(digits, "train", print_fn=lambda _: 0)
-  with pytest.raises(ValueError, match="exactly one"):
-    finetune.select_labelled_examples(digits, "train", label_fraction=0.1,
-                                      label_subset_file="x.txt")
-  with pytest.raises(ValueError, match="label_fraction"):
-    finetune.select_labelled_examples(digits, "train", label_fraction=1.5)
-  with pytest.raises(ValueError, match="does not exist"):
-    finetune.select_labelled_examples(
-        digits, "train", label_subset_file=str(tmp_path / "missing.txt"))
-  with pytest.raises(ValueError, match="not in split"):
-    finetune.SubsetSource(digits, "train", ["0", "nope"])
 
 
 @pytest.mark.slow

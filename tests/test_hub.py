@@ -274,7 +274,7 @@ def test_export_hub_argument_validation(exported, tmp_path, kwargs, match):
 @pytest.mark.slow
 def test_reference_fixture_hub_module(r18_fixture_dir, tmp_path):
   reference = np.load(r18_fixture_dir / "io.npz")
-  model = tf_simclr.load_reference_saved_model(
+  model = tf_simclr.load(
       str(r18_fixture_dir / "saved_model"))
   hub_dir = hub_export.export_hub(
       model, str(tmp_path / "r18"), image_size=32,

@@ -205,18 +205,17 @@ def test_image_folder_on_ram_matches_the_same_folder_on_disk(ram_root,
 
 
 def test_original_code_saved_model_on_ram(r18_fixture_dir, ram_root):
-  from tf_simclr.export import reference_import
-  from tf_simclr.training import checkpoints
+  from tf_simclr.models import loading
   local = str(r18_fixture_dir / "saved_model")
   remote = f"{ram_root}/r18/saved_model"
   for name in paths.list_files(local):
     tf.io.gfile.makedirs(paths.split(f"{remote}/{name}")[0])
     tf.io.gfile.copy(f"{local}/{name}", f"{remote}/{name}")
-  assert checkpoints.is_saved_model_dir(remote)
+  assert loading.is_saved_model_dir(remote)
   # ram:// calls variables/variables a directory (variables.index exists).
-  assert reference_import.checkpoint_prefix(remote) == (
+  assert loading.resolve_checkpoint(remote) == (
       f"{remote}/variables/variables")
-  model = reference_import.load_reference_saved_model(remote)
+  model = loading.load(remote)
   io_arrays = np.load(r18_fixture_dir / "io.npz")
   outputs = model(io_arrays["inputs"], training=False)
   np.testing.assert_allclose(outputs["logits_sup"].numpy(),

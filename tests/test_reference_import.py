@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import tf_simclr
 from tf_simclr import configs
-from tf_simclr.export import reference_import
+from tf_simclr.models import reference_import
 from tf_simclr.models import builder
 from tf_simclr.models import heads
 from tf_simclr.models import resnet
@@ -56,7 +56,7 @@ def _model_from_manifest_config(config, input_size=32):
 
 
 def test_loaded_fixture_reproduces_reference_outputs(r18_fixture_dir):
-  model = tf_simclr.load_reference_saved_model(
+  model = tf_simclr.load(
       r18_fixture_dir / "saved_model")
   assert isinstance(model, simclr_model.SimCLRModel)
   io = np.load(r18_fixture_dir / "io.npz")

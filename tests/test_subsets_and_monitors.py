@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from tf_simclr.data import pipelines
+from tf_simclr.data import sources
 from tf_simclr.data import subsets
 from tf_simclr.training import evaluation
 
@@ -42,6 +44,115 @@ def test_subset_keeps_at_least_one_per_class():
 def test_subset_rejects_bad_fraction(fraction):
   with pytest.raises(ValueError, match="fraction"):
     subsets.class_balanced_subset([0, 1], fraction)
+
+
+# -------------------------------------------- labelled subsets of a source ---
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return sources.DigitsSource()
+
+
+def test_fraction_subset_is_deterministic_balanced_and_logged(digits):
+  lines = []
+  first = subsets.select_labelled_examples(digits, "train",
+                                            label_fraction=0.1, seed=0,
+                                            print_fn=lines.append)
+  again = subsets.select_labelled_examples(digits, "train",
+                                            label_fraction=0.1, seed=0,
+                                            print_fn=lambda _: 0)
+  other = subsets.select_labelled_examples(digits, "train",
+                                            label_fraction=0.1, seed=1,
+                                            print_fn=lambda _: 0)
+  assert first.ids == again.ids
+  assert first.ids != other.ids
+  ids, labels = digits.example_index("train")
+  class_sizes = np.bincount(labels, minlength=10)
+  expected = {c: max(1, int(round(0.1 * n))) for c, n in enumerate(class_sizes)}
+  assert first.per_class_counts == expected
+  assert other.per_class_counts == expected
+  assert list(expected.values()) == [14, 15, 14, 15, 14, 15, 14, 14, 14, 14]
+  assert len(first.ids) == 143
+  assert first.num_split_examples == len(ids) == 1438
+  label_of = dict(zip(ids, labels))
+  assert [label_of[i] for i in first.ids] == list(first.labels)
+  assert np.bincount(first.labels).tolist() == [expected[c] for c in range(10)]
+  assert "143 of 1438" in lines[0]
+  assert f"0: {expected[0]}" in lines[0] and f"9: {expected[9]}" in lines[0]
+
+
+def test_subset_source_reads_only_the_subset(digits):
+  subset = subsets.labelled_subset_source(digits, "train", label_fraction=0.05,
+                                           seed=3, print_fn=lambda _: 0)
+  expected = subsets.select_labelled_examples(
+      digits, "train", label_fraction=0.05, seed=3, print_fn=lambda _: 0)
+  assert subset.num_examples("train") == len(expected.ids) == 70
+  read = [e["id"].decode() for e in subset.make_dataset(
+      "train", shuffle_files=True, seed=1).as_numpy_iterator()]
+  assert sorted(read) == sorted(expected.ids)
+  assert subset.num_examples("test") == digits.num_examples("test") == 359
+  assert subset.example_index("train")[0] == list(expected.ids)
+  batches = pipelines.build_finetune_dataset(
+      subset, "train", per_replica_batch_size=16, image_size=8).take(10)
+  labels = np.concatenate([b["label"] for b in batches.as_numpy_iterator()])
+  # 160 draws from a 70-example subset: every class, in the subset's shares.
+  assert len(labels) == 160
+  assert set(labels) == set(range(10))
+
+
+def test_subset_file_ids_and_unknown_ids(digits, tmp_path):
+  ids, labels = digits.example_index("train")
+  path = tmp_path / "subset.txt"
+  path.write_text(f"# chosen by hand\n{ids[7]}\n\n{ids[2]}  # a comment\n"
+                  f"{ids[7]}\n")
+  subset = subsets.select_labelled_examples(
+      digits, "train", label_subset_file=str(path), print_fn=lambda _: 0)
+  assert subset.ids == (ids[2], ids[7])  # split order, duplicates dropped
+  assert list(subset.labels) == [labels[2], labels[7]]
+  assert sum(subset.per_class_counts.values()) == 2
+  bad = tmp_path / "bad.txt"
+  bad.write_text(f"{ids[0]}\nno_such_image.png\n99999\n")
+  with pytest.raises(ValueError, match="'no_such_image.png', '99999'"):
+    subsets.select_labelled_examples(digits, "train",
+                                      label_subset_file=str(bad),
+                                      print_fn=lambda _: 0)
+
+
+class _FolderLikeSource(sources.DigitsSource):
+  """Digits with image-folder style ids, for file-name matching."""
+
+  def example_index(self, split):
+    return (["train/a/x.png", "train/b/y.png", "train/a/z.png",
+             "train/b/z.png"], np.asarray([0, 1, 0, 1], np.int32))
+
+
+def test_subset_file_matches_unique_file_names(tmp_path):
+  source = _FolderLikeSource()
+  path = tmp_path / "names.txt"
+  path.write_text("y.png\ntrain/a/z.png\n")
+  subset = subsets.select_labelled_examples(
+      source, "train", label_subset_file=str(path), print_fn=lambda _: 0)
+  assert subset.ids == ("train/b/y.png", "train/a/z.png")
+  path.write_text("z.png\n")
+  with pytest.raises(ValueError, match="several"):
+    subsets.select_labelled_examples(
+        source, "train", label_subset_file=str(path), print_fn=lambda _: 0)
+
+
+def test_subset_argument_errors(digits, tmp_path):
+  with pytest.raises(ValueError, match="exactly one"):
+    subsets.select_labelled_examples(digits, "train", print_fn=lambda _: 0)
+  with pytest.raises(ValueError, match="exactly one"):
+    subsets.select_labelled_examples(digits, "train", label_fraction=0.1,
+                                      label_subset_file="x.txt")
+  with pytest.raises(ValueError, match="label_fraction"):
+    subsets.select_labelled_examples(digits, "train", label_fraction=1.5)
+  with pytest.raises(ValueError, match="does not exist"):
+    subsets.select_labelled_examples(
+        digits, "train", label_subset_file=str(tmp_path / "missing.txt"))
+  with pytest.raises(ValueError, match="not in split"):
+    subsets.SubsetSource(digits, "train", ["0", "nope"])
 
 
 def _numpy_knn(train, train_y, test, k, temperature, num_classes):

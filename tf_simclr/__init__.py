@@ -34,10 +34,11 @@ def run(config: ExperimentConfig, print_fn=print) -> dict:
   return experiment.run_experiment(config, print_fn=print_fn)
 
 
-def load_reference_saved_model(path, **architecture):
-  """Builds a tf_simclr model holding the weights of an original-code SavedModel.
+def load(path, *, image_size=None, **architecture):
+  """Builds a tf_simclr model holding the weights stored at `path`.
 
-  See `tf_simclr.export.reference_import.load_reference_saved_model`.
+  `path` is a tf_simclr model_dir or checkpoint, or a SavedModel or checkpoint
+  of the original SimCLR code. See `tf_simclr.models.loading.load`.
   """
-  from tf_simclr.export import reference_import  # TF import deferred.
-  return reference_import.load_reference_saved_model(path, **architecture)
+  from tf_simclr.models import loading  # TF import deferred.
+  return loading.load(path, image_size=image_size, **architecture)

@@ -79,3 +79,44 @@ def checkpoint_reader(prefix: str):
   "ckpt-4.index").
   """
   return tf.compat.v1.train.NewCheckpointReader(prefix)
+
+
+class CheckpointNotFoundError(FileNotFoundError, ValueError):
+  """Nothing restorable at a path.
+
+  A missing file, and also a bad argument: `except ValueError` in callers
+  that validate their arguments catches it too.
+  """
+
+
+def resolve_checkpoint(path: "str | os.PathLike[str]") -> str:
+  """The checkpoint prefix `path` stands for.
+
+  `path` is a checkpoint prefix (`model_dir/ckpt-100`: its `.index` file
+  exists), a directory holding checkpoints (its latest, as its `checkpoint`
+  file says) or a SavedModel directory (its `variables/variables`).
+  `models.loading` exports this as `loading.resolve_checkpoint`; it lives here
+  because `models.reference_import`, which `loading` builds on, needs it too.
+
+  Raises:
+    CheckpointNotFoundError: naming `path` when it is none of these.
+  """
+  path = os.fspath(path)
+  # The prefix test comes first: ram:// calls "ckpt-4" a directory when
+  # "ckpt-4.index" exists.
+  if tf.io.gfile.exists(path + ".index"):
+    return path
+  expected = ("path must be a checkpoint prefix, a directory holding "
+              "checkpoints or a SavedModel directory")
+  if not tf.io.gfile.isdir(path):
+    raise CheckpointNotFoundError(
+        f"{expected}; nothing is at {path!r} (no {path}.index either)")
+  saved_model_variables = os.path.join(path, "variables", "variables")
+  if tf.io.gfile.exists(saved_model_variables + ".index"):
+    return saved_model_variables
+  latest = tf.train.latest_checkpoint(path)
+  if latest is None:
+    raise CheckpointNotFoundError(
+        f"{expected}; directory {path!r} holds no checkpoint (no "
+        "'checkpoint' file naming an existing one) and no SavedModel")
+  return latest

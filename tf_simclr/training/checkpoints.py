@@ -1,68 +1,13 @@
-"""Checkpoint management: resume, warm start, original-code SavedModels."""
+"""Checkpoints a run writes and resumes from (for loading: `models.loading`)."""
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import tensorflow as tf
 import tf_keras as keras
 
-
-def is_saved_model_dir(path: str) -> bool:
-  return tf.io.gfile.isdir(path) and tf.io.gfile.exists(
-      os.path.join(path, "saved_model.pb"))
-
-
-def resolve_checkpoint_prefix(path: str) -> str:
-  """A checkpoint prefix from a prefix or a directory holding checkpoints.
-
-  Raises:
-    ValueError: if nothing restorable is found at `path`.
-  """
-  # The prefix test comes first: ram:// calls "ckpt-4" a directory when
-  # "ckpt-4.index" exists.
-  if tf.io.gfile.exists(path + ".index"):
-    return path
-  if tf.io.gfile.isdir(path):
-    latest = tf.train.latest_checkpoint(path)
-    if latest is None:
-      raise ValueError(
-          f"checkpoint directory {path!r} holds no tf_simclr checkpoint "
-          "(no 'checkpoint' index file) and no saved_model.pb")
-    return latest
-  raise ValueError(
-      f"checkpoint {path!r} is neither a checkpoint prefix (no {path}.index), "
-      "a directory of checkpoints, nor a SavedModel directory")
-
-
-def warm_start(model: keras.Model, path: str,
-               print_fn=print) -> str:
-  """Loads model weights (not optimizer or step) from `path` into `model`.
-
-  `path` may be a tf_simclr checkpoint prefix or directory, or a SavedModel
-  directory written by the original SimCLR TF2 code. The model must already
-  be built.
-
-  Returns:
-    What was loaded, for the log.
-  """
-  if is_saved_model_dir(path):
-    from tf_simclr.export import reference_import  # Pulls in the proto parser.
-    reference_import.load_reference_weights_into(model, path)
-    print_fn(f"warm start: loaded original-code SavedModel {path}")
-    return path
-  prefix = resolve_checkpoint_prefix(path)
-  status = tf.train.Checkpoint(model=model).restore(prefix)
-  status.expect_partial()
-  try:
-    status.assert_existing_objects_matched()
-  except AssertionError as e:
-    raise ValueError(
-        f"checkpoint {prefix!r} does not match this model's architecture: "
-        f"{str(e).splitlines()[0]}") from None
-  print_fn(f"warm start: restored model weights from {prefix}")
-  return prefix
+from tf_simclr.models import loading
 
 
 class WorkerCheckpointManager:
@@ -134,12 +79,8 @@ def restore_for_resume(manager, prefix: str) -> None:
   same shapes: resuming another architecture's model_dir is an error, not a
   silent partial restore.
   """
-  try:
-    # A shape mismatch raises inside restore(); a missing object only in the
-    # assertion.
-    manager.checkpoint.restore(prefix).assert_existing_objects_matched()
-  except (AssertionError, ValueError) as e:
-    raise ValueError(
-        f"cannot resume from {prefix!r}: it does not match this run's "
-        f"model/optimizer ({str(e).splitlines()[0]}); use another model_dir "
-        "or the flags of the run that wrote it") from None
+  loading.restore_and_verify(
+      manager.checkpoint, prefix, root=True,
+      against=("this run's model and optimizer, so the run cannot resume "
+               "from it; use another model_dir or the flags of the run that "
+               "wrote it"))

@@ -18,20 +18,14 @@ student's trainable variables are differentiated and updated.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from typing import Callable, Optional
 
 import orbit
 import tensorflow as tf
 import tf_keras as keras
 
-from tf_simclr import configs
 from tf_simclr import losses
-from tf_simclr import paths
-from tf_simclr.models import builder
 from tf_simclr.models import simclr_model
-from tf_simclr.training import checkpoints
 from tf_simclr.training import common
 from tf_simclr.training import optimizer as optimizer_lib
 from tf_simclr.training import precision
@@ -48,8 +42,6 @@ TEACHER_AGREEMENT = "teacher_agreement"
 # Keys of the distributed batches the trainer reads.
 UNLABELLED = "unlabelled"
 LABELLED = "labelled"
-
-CONFIG_FILE = "config.json"
 
 _HALF_DTYPES = (tf.float16, tf.bfloat16)
 
@@ -159,9 +151,10 @@ class DistillTrainer(orbit.StandardTrainer):
   Args:
     strategy: the distribution strategy the models and optimizer live in.
     teacher: a built `SimCLRModel` with a supervised head (see
-      `load_teacher`), or any callable `teacher(images, training=False)`
-      returning a dict with `LOGITS_SUP`. Called in inference mode and never
-      updated; its architecture may differ from the student's.
+      `models.loading.load_teacher`), or any callable
+      `teacher(images, training=False)` returning a dict with `LOGITS_SUP`.
+      Called in inference mode and never updated; its architecture may differ
+      from the student's.
     student: a built `SimCLRModel` with a supervised head
       (`build_model(..., 'distill')`), trained.
     optimizer: a tf_keras legacy optimizer whose `iterations` is the step.
@@ -338,93 +331,3 @@ class DistillTrainer(orbit.StandardTrainer):
     results = common.metric_results(self.metrics, self.metrics)
     results[LEARNING_RATE] = common.learning_rate_value(self.optimizer)
     return results
-
-
-# ----------------------------------------------------------------------------
-# Loading a teacher
-
-
-def _teacher_from_model_dir(config_path: str, prefix: str,
-                            strategy: tf.distribute.Strategy,
-                            print_fn: Callable[[str], None]
-                            ) -> simclr_model.SimCLRModel:
-  with tf.io.gfile.GFile(config_path, "r") as f:
-    cfg = configs.ExperimentConfig.from_json(f.read())
-  train_mode = cfg.train.train_mode
-  if (train_mode == builder.TRAIN_MODE_PRETRAIN and
-      not cfg.head.lineareval_while_pretraining):
-    raise ValueError(
-        f"teacher {prefix!r} was pretrained without a supervised head "
-        "(lineareval_while_pretraining=False); fine-tune it first")
-  # Inference only: no batch statistics to synchronise, nothing frozen.
-  model_cfg = dataclasses.replace(cfg.model, global_bn=False)
-  with strategy.scope():
-    teacher = builder.build_model(model_cfg, cfg.head, train_mode)
-    size = cfg.data.image_size
-    teacher(tf.zeros([1, size, size, 3]), training=False)
-  status = tf.train.Checkpoint(model=teacher).restore(prefix)
-  status.expect_partial()
-  try:
-    status.assert_existing_objects_matched()
-  except AssertionError as e:
-    raise ValueError(
-        f"teacher checkpoint {prefix!r} does not match the architecture in "
-        f"{config_path!r}: {str(e).splitlines()[0]}") from None
-  print_fn(
-      f"teacher: {prefix} (ResNet-{cfg.model.resnet_depth} "
-      f"x{cfg.model.width_multiplier:g}, sk_ratio {cfg.model.sk_ratio:g}, "
-      f"{cfg.head.num_classes} classes, from {config_path})")
-  return teacher
-
-
-def load_teacher(path: str,
-                 strategy: tf.distribute.Strategy,
-                 print_fn: Callable[[str], None] = print
-                 ) -> simclr_model.SimCLRModel:
-  """Builds and restores a teacher with its own architecture.
-
-  Args:
-    path: a tf_simclr model_dir (holding `config.json`, written by the
-      experiment, and checkpoints; the latest is restored), a checkpoint
-      prefix inside such a directory, or an original-code SavedModel
-      directory (architecture inferred from its variables).
-    strategy: the teacher's variables are created in its scope.
-    print_fn: receives one line describing the teacher.
-
-  Returns:
-    A built, non-trainable `SimCLRModel` with a supervised head.
-
-  Raises:
-    ValueError: if `path` is none of the above, the teacher has no supervised
-      head, or the checkpoint does not match its config.
-  """
-  path = os.fspath(path)
-  if checkpoints.is_saved_model_dir(path):
-    from tf_simclr.export import reference_import  # Pulls in the proto parser.
-    with strategy.scope():
-      teacher = reference_import.load_reference_saved_model(path)
-    if teacher.supervised_head is None:
-      raise ValueError(
-          f"teacher SavedModel {path!r} has no supervised head; fine-tune it "
-          "first")
-    print_fn(f"teacher: original-code SavedModel {path} "
-             f"({teacher.supervised_head.num_classes} classes)")
-  else:
-    # A prefix first (see checkpoints.resolve_checkpoint_prefix).
-    if tf.io.gfile.exists(path + ".index"):
-      config_path = os.path.join(paths.split(path)[0], CONFIG_FILE)
-      prefix = path
-    elif tf.io.gfile.isdir(path):
-      config_path = os.path.join(path, CONFIG_FILE)
-      prefix = tf.train.latest_checkpoint(path)
-    else:
-      config_path, prefix = None, None
-    if (config_path is None or prefix is None or
-        not tf.io.gfile.exists(config_path)):
-      raise ValueError(
-          f"teacher path {path!r} must be a tf_simclr model_dir (with "
-          f"{CONFIG_FILE} and a checkpoint), a checkpoint prefix inside one, "
-          "or a SavedModel directory of the original SimCLR code")
-    teacher = _teacher_from_model_dir(config_path, prefix, strategy, print_fn)
-  teacher.trainable = False
-  return teacher

@@ -24,6 +24,7 @@ from tf_simclr.data import pipelines
 from tf_simclr.data import sources
 from tf_simclr.data import subsets
 from tf_simclr.models import builder
+from tf_simclr.models import loading
 from tf_simclr.models import memory_bank
 from tf_simclr.models import resnet
 from tf_simclr.models import simclr_model
@@ -41,7 +42,7 @@ from tf_simclr.training import strategy as strategy_lib
 MOMENTUM_ENCODER = "momentum_encoder"
 NEGATIVE_QUEUE = "negative_queue"
 RESULT_FILE = "result.json"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = loading.CONFIG_FILE  # Written here, read by the loader.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,11 +280,11 @@ def run_experiment(cfg: configs.ExperimentConfig,
     checkpoints.restore_for_resume(manager, manager.latest_checkpoint)
     print_fn(f"resumed from {manager.latest_checkpoint} at step "
              f"{int(global_step.numpy())}")
-  elif t.checkpoint and t.train_mode == "finetune":
-    finetune.warm_start_finetune(model, t.checkpoint,
-                                 cfg.head.zero_init_logits_layer, print_fn)
   elif t.checkpoint:
-    checkpoints.warm_start(model, t.checkpoint, print_fn)
+    loading.warm_start(
+        model, t.checkpoint,
+        zero_init_logits_layer=cfg.head.zero_init_logits_layer,
+        print_fn=print_fn)
     if memory:
       memory[MOMENTUM_ENCODER].initialize_from(model)
 
@@ -371,7 +372,7 @@ def _single_device_copy(cfg: configs.ExperimentConfig, model: keras.Model,
   """
   if strategy.num_replicas_in_sync == 1:
     return model
-  copy = build_model(cfg, replicas=1)
+  copy = loading.model_from_config(cfg)
   copy.set_weights(model.get_weights())
   return copy
 
@@ -387,30 +388,13 @@ def export_from_checkpoint(cfg: configs.ExperimentConfig,
   path = cfg.train.checkpoint
   if not path:
     raise ValueError("--mode=export needs --checkpoint=PATH")
-  if checkpoints.is_saved_model_dir(path):
-    from tf_simclr.export import reference_import
-    model = reference_import.load_reference_saved_model(path)
-    head = model.supervised_head
-    cfg = dataclasses.replace(cfg, head=dataclasses.replace(
-        cfg.head, num_classes=head.num_classes if head is not None else 0))
-    step = 0
-    print_fn(f"loaded original-code SavedModel {path}")
-  else:
-    prefix = checkpoints.resolve_checkpoint_prefix(path)
-    config_path = os.path.join(paths.split(prefix)[0], CONFIG_FILE)
-    if tf.io.gfile.exists(config_path):
-      with tf.io.gfile.GFile(config_path) as f:
-        saved = configs.ExperimentConfig.from_json(f.read())
-      cfg = dataclasses.replace(
-          saved, train=dataclasses.replace(saved.train, mode="export",
-                                           checkpoint=path,
-                                           model_dir=cfg.train.model_dir),
-          export=cfg.export)
-    model = build_model(cfg, replicas=1)
-    checkpoints.warm_start(model, prefix, print_fn)
-    step = int(prefix.rsplit("-", 1)[-1]) if prefix.rsplit(
-        "-", 1)[-1].isdigit() else 0
-  results = _export(cfg, model, step, {}, print_fn)
+  loaded = loading.model_from_checkpoint(cfg, path, print_fn)
+  # The stored run's config, with this export's settings.
+  cfg = dataclasses.replace(
+      loaded.config, train=dataclasses.replace(
+          loaded.config.train, mode="export", checkpoint=path,
+          model_dir=cfg.train.model_dir), export=cfg.export)
+  results = _export(cfg, loaded.model, loaded.step, {}, print_fn)
   print_fn(f"final: exported {results}")
   return results
 
@@ -422,7 +406,7 @@ def _training_source(cfg: configs.ExperimentConfig,
   if t.train_mode == "pretrain" or not (t.label_fraction or
                                         t.label_subset_file):
     return source
-  return finetune.labelled_subset_source(
+  return subsets.labelled_subset_source(
       source, cfg.data.train_split,
       label_fraction=t.label_fraction or None,
       label_subset_file=t.label_subset_file, seed=t.seed, print_fn=print_fn)
@@ -489,7 +473,7 @@ def _make_trainer(cfg, strategy, model, optimizer, source, train_source,
         weight_decay=o.weight_decay, jit_compile=jit)
   # Distillation: the teacher labels the unlabelled split; the optional
   # labelled term uses the labelled subset.
-  teacher = distill.load_teacher(t.teacher_checkpoint, strategy, print_fn)
+  teacher = loading.load_teacher(t.teacher_checkpoint, strategy, print_fn)
   unlabelled = _distributed_training_data(
       cfg, strategy, source, train_split, start_step,
       pipelines.build_finetune_dataset, **_finetune_augment(d))
@@ -566,7 +550,7 @@ def _evaluate(cfg, strategy, model, source) -> dict:
         strategy, model, dataset, simclr_model.LOGITS_SUP, eval_batches,
         jit_compile=t.jit_compile))
     if t.train_mode == "distill" and t.teacher_checkpoint:
-      teacher = distill.load_teacher(t.teacher_checkpoint, strategy,
+      teacher = loading.load_teacher(t.teacher_checkpoint, strategy,
                                      print_fn=lambda _: None)
       teacher_results = evaluation.evaluate_classifier(
           strategy, teacher, dataset, simclr_model.LOGITS_SUP, eval_batches,

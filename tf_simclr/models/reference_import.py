@@ -63,33 +63,6 @@ ARCHITECTURE_KEYS = (
 )
 
 
-def checkpoint_prefix(path: Any) -> str:
-  """Resolves a SavedModel directory, checkpoint directory or prefix.
-
-  Args:
-    path: a SavedModel directory, a training-checkpoint prefix such as
-      `model_dir/ckpt-100`, or a directory holding a `checkpoint` file.
-
-  Returns:
-    The prefix to pass to `tf.train.load_checkpoint`.
-  """
-  path = os.fspath(path)
-  # A prefix first: ram:// calls "ckpt-4" a directory when "ckpt-4.index"
-  # exists.
-  if tf.io.gfile.exists(path + ".index"):
-    return path
-  if tf.io.gfile.isdir(path):
-    saved_model_prefix = os.path.join(path, "variables", "variables")
-    if tf.io.gfile.exists(saved_model_prefix + ".index"):
-      return saved_model_prefix
-    latest = tf.train.latest_checkpoint(path)
-    if latest:
-      return latest
-  raise ValueError(
-      "path must be a SavedModel directory, a checkpoint prefix or a "
-      f"directory with a checkpoint, got {path!r}")
-
-
 def _is_helper_edge(name: str) -> bool:
   return name in _HELPER_EDGES or bool(_HELPER_EDGE_PATTERN.match(name))
 
@@ -109,7 +82,7 @@ def read_reference_object_graph(path: Any) -> dict[str, str]:
     key}, including non-model entries of training checkpoints (e.g.
     'global_step').
   """
-  reader = paths.checkpoint_reader(checkpoint_prefix(path))
+  reader = paths.checkpoint_reader(paths.resolve_checkpoint(path))
   if not reader.has_tensor(OBJECT_GRAPH_KEY):
     raise ValueError(
         f"path must hold an object-based checkpoint ({OBJECT_GRAPH_KEY} "
@@ -131,6 +104,25 @@ def read_reference_object_graph(path: Any) -> dict[str, str]:
       visited.add(child.node_id)
       queue.append((child.node_id, node_path + (child.local_name,)))
   return keys
+
+
+def is_reference_checkpoint(path: Any) -> bool:
+  """Whether `path` holds a model of the original code (its ResNet's paths)."""
+  try:
+    return any(p.startswith(_BACKBONE)
+               for p in read_reference_object_graph(path))
+  except ValueError:  # No object graph: a name-based (TF1) checkpoint.
+    return False
+
+
+def supervised_head_kernel_shape(path: Any) -> Optional[list[int]]:
+  """The shape of the original-code model's supervised-head kernel, if any."""
+  prefix = paths.resolve_checkpoint(path)
+  key = read_reference_object_graph(prefix).get(_SUPERVISED_HEAD + "kernel")
+  if key is None:
+    return None
+  shape = paths.checkpoint_reader(prefix).get_variable_to_shape_map()[key]
+  return [int(d) for d in shape]
 
 
 def _strip_suffix(path: str) -> str:
@@ -422,7 +414,7 @@ def load_reference_weights_into(model: simclr_model.SimCLRModel,
     raise ValueError(f"model must be a SimCLRModel, got {model!r}")
   if not model.built:
     model(tf.zeros([1, 32, 32, 3]), training=False)
-  prefix = checkpoint_prefix(path)
+  prefix = paths.resolve_checkpoint(path)
   reference = {p: k for p, k in read_reference_object_graph(prefix).items()
                if p.startswith(_MODEL)}
   reader = paths.checkpoint_reader(prefix)
@@ -500,7 +492,7 @@ def load_reference_saved_model(path: Any, **architecture: Any
     raise ValueError(
         f"architecture arguments must be among {ARCHITECTURE_KEYS}, got "
         f"{unknown}")
-  prefix = checkpoint_prefix(path)
+  prefix = paths.resolve_checkpoint(path)
   reader = paths.checkpoint_reader(prefix)
   shapes = reader.get_variable_to_shape_map()
   paths_to_shapes = {
@@ -532,6 +524,7 @@ def load_reference_saved_model(path: Any, **architecture: Any
   model = builder.build_model(
       model_config, head_config,
       builder.TRAIN_MODE_FINETUNE if has_head else builder.TRAIN_MODE_PRETRAIN)
-  model(tf.zeros([1, 32, 32, 3]), training=False)
+  size = image_size or 32  # Any size creates the same variables.
+  model(tf.zeros([1, size, size, 3]), training=False)
   load_reference_weights_into(model, prefix)
   return model
