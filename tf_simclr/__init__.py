@@ -11,7 +11,7 @@ from tf_simclr.configs import ExperimentConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["ExperimentConfig", "presets", "run"]
+__all__ = ["ExperimentConfig", "load", "presets", "run"]
 
 
 def run(config: ExperimentConfig, print_fn=print) -> dict:
