@@ -24,7 +24,6 @@ import os
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-import orbit
 import tensorflow as tf
 import tf_keras as keras
 
@@ -37,7 +36,6 @@ from tf_simclr.training import checkpoints
 from tf_simclr.training import common
 from tf_simclr.training import optimizer as optimizer_lib
 from tf_simclr.training import precision
-from tf_simclr.training.pretrain import LEARNING_RATE
 from tf_simclr.training.pretrain import SUPERVISED_ACC
 from tf_simclr.training.pretrain import SUPERVISED_LOSS
 from tf_simclr.training.pretrain import TOTAL_LOSS
@@ -52,7 +50,7 @@ _HEAD_CHECKPOINT_KEY = (
     "model/supervised_head/dense/{}/.ATTRIBUTES/VARIABLE_VALUE")
 
 
-class FinetuneTrainer(orbit.StandardTrainer):
+class FinetuneTrainer(common.StepTrainer):
   """One supervised step per replica on {"image", "label"} batches.
 
   The loss is the softmax cross-entropy of the supervised head plus the
@@ -86,25 +84,12 @@ class FinetuneTrainer(orbit.StandardTrainer):
     if getattr(model, "supervised_head", None) is None:
       raise ValueError(
           f"model must be a SimCLRModel with a supervised head, got {model!r}")
-    if optimizer_name not in optimizer_lib.OPTIMIZERS:
-      raise ValueError(f"optimizer_name must be one of "
-                       f"{optimizer_lib.OPTIMIZERS}, got {optimizer_name!r}")
-    if weight_decay < 0:
-      raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-    self.strategy = strategy
-    self.model = model
-    self.optimizer = optimizer
-    self.optimizer_name = optimizer_name
-    self.weight_decay = weight_decay
-    self.jit_compile = jit_compile
-    self.metrics = common.make_mean_metrics(
-        strategy, (TOTAL_LOSS, SUPERVISED_LOSS, SUPERVISED_ACC, WEIGHT_DECAY,
-                   common.GRADIENT_NORM))
-    self._forward_backward = common.maybe_xla(self._loss_and_gradients,
-                                              jit_compile)
     super().__init__(
-        train_dataset,
-        options=orbit.StandardTrainerOptions(use_tf_while_loop=True))
+        strategy, model, optimizer, train_dataset,
+        optimizer_name=optimizer_name, weight_decay=weight_decay,
+        jit_compile=jit_compile,
+        metric_names=(TOTAL_LOSS, SUPERVISED_LOSS, SUPERVISED_ACC,
+                      WEIGHT_DECAY, common.GRADIENT_NORM))
 
   def _loss_and_gradients(self, images, labels):
     variables = self.model.trainable_variables
@@ -127,24 +112,10 @@ class FinetuneTrainer(orbit.StandardTrainer):
     }
     return gradients, stats
 
-  def train_loop_begin(self):
-    common.reset_metrics(self.metrics)
-
   def replica_step(self, batch) -> dict[str, tf.Tensor]:
     """One replica's whole step (what `strategy.run` runs); returns its stats."""
     gradients, stats = self._forward_backward(batch["image"], batch["label"])
-    stats[common.GRADIENT_NORM] = common.apply_gradients(
-        self.optimizer, gradients, self.model.trainable_variables)
-    common.update_metrics(self.metrics, stats)
-    return stats
-
-  def train_step(self, iterator):
-    self.strategy.run(self.replica_step, args=(next(iterator),))
-
-  def train_loop_end(self):
-    results = common.metric_results(self.metrics, self.metrics)
-    results[LEARNING_RATE] = common.learning_rate_value(self.optimizer)
-    return results
+    return self._apply(gradients, stats)
 
 
 # ----------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import orbit
 import tensorflow as tf
 import tf_keras as keras
 
@@ -22,10 +21,10 @@ CONTRAST_ENTROPY = "contrast_entropy"
 SUPERVISED_LOSS = "supervised_loss"
 SUPERVISED_ACC = "supervised_acc"
 WEIGHT_DECAY = "weight_decay_loss"
-LEARNING_RATE = "learning_rate"
+LEARNING_RATE = common.LEARNING_RATE
 
 
-class PretrainTrainer(orbit.StandardTrainer):
+class PretrainTrainer(common.StepTrainer):
   """One SimCLR step per replica: two views, NT-Xent, optional linear eval.
 
   Args:
@@ -67,28 +66,22 @@ class PretrainTrainer(orbit.StandardTrainer):
           "momentum_encoder and negative_queue go together, got "
           f"{type(momentum_encoder).__name__} and "
           f"{type(negative_queue).__name__}")
-    self.strategy = strategy
-    self.model = model
-    self.optimizer = optimizer
-    self.optimizer_name = optimizer_name
-    self.weight_decay = weight_decay
     self.temperature = temperature
     self.hidden_norm = hidden_norm
     self.blur_image_size = blur_image_size
     self.seed = seed
-    self.jit_compile = jit_compile
     self.momentum_encoder = momentum_encoder
     self.negative_queue = negative_queue
     self.memory_momentum = memory_momentum
-    self.metrics = common.make_mean_metrics(
-        strategy, (TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC, CONTRAST_ENTROPY,
-                   SUPERVISED_LOSS, SUPERVISED_ACC, WEIGHT_DECAY,
-                   common.GRADIENT_NORM))
-    self._forward_backward = common.maybe_xla(self._loss_and_gradients,
-                                              jit_compile)
     super().__init__(
-        train_dataset,
-        options=orbit.StandardTrainerOptions(use_tf_while_loop=True))
+        strategy, model, optimizer, train_dataset,
+        optimizer_name=optimizer_name, weight_decay=weight_decay,
+        jit_compile=jit_compile,
+        metric_names=(TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC,
+                      CONTRAST_ENTROPY, SUPERVISED_LOSS, SUPERVISED_ACC,
+                      WEIGHT_DECAY, common.GRADIENT_NORM),
+        reported=(TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC, CONTRAST_ENTROPY,
+                  WEIGHT_DECAY, common.GRADIENT_NORM))
 
   def _blur_views(self, view1: tf.Tensor, view2: tf.Tensor):
     """Random blur per view batch; the seed depends on step and replica."""
@@ -138,9 +131,6 @@ class PretrainTrainer(orbit.StandardTrainer):
         self.optimizer, tape.gradient(scaled, variables))
     return gradients, stats
 
-  def train_loop_begin(self):
-    common.reset_metrics(self.metrics)
-
   def replica_step(self, batch) -> dict[str, tf.Tensor]:
     """One replica's whole step (what `strategy.run` runs); returns its stats."""
     view1, view2 = batch["view1"], batch["view2"]
@@ -154,20 +144,8 @@ class PretrainTrainer(orbit.StandardTrainer):
           images, batch["label"], self.negative_queue.negatives())
     else:
       gradients, stats = self._forward_backward(images, batch["label"])
-    stats[common.GRADIENT_NORM] = common.apply_gradients(
-        self.optimizer, gradients, self.model.trainable_variables)
+    self._apply(gradients, stats)
     if self.negative_queue is not None:
       self.negative_queue.enqueue(keys)
       self.momentum_encoder.update(self.model, self.memory_momentum)
-    common.update_metrics(self.metrics, stats)
     return stats
-
-  def train_step(self, iterator):
-    self.strategy.run(self.replica_step, args=(next(iterator),))
-
-  def train_loop_end(self):
-    results = common.metric_results(
-        self.metrics, (TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC,
-                       CONTRAST_ENTROPY, WEIGHT_DECAY, common.GRADIENT_NORM))
-    results[LEARNING_RATE] = common.learning_rate_value(self.optimizer)
-    return results
