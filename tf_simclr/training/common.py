@@ -102,11 +102,13 @@ LEARNING_RATE = "learning_rate"
 class StepTrainer(orbit.StandardTrainer):
   """What the stage trainers share around their own loss.
 
-  A subclass defines `_loss_and_gradients(...) -> (gradients, stats)` and a
-  `replica_step`; this class holds the model and optimizer, validates the
-  weight-decay settings, makes the running means, wraps the forward and
-  backward pass for XLA, and reports the means and the learning rate at the
-  end of each loop.
+  A subclass defines `metric_names`, `_loss_and_gradients(...) ->
+  (gradients, stats)` and a `replica_step`, and sets what those read before
+  calling this constructor; this class holds the model and optimizer,
+  validates the weight-decay settings, makes the running means, wraps the
+  forward and backward pass for XLA, and reports the means and the learning
+  rate at the end of each loop. Subclasses take these arguments first and
+  forward them unchanged.
 
   Args:
     strategy: the distribution strategy the model and optimizer live in.
@@ -116,10 +118,8 @@ class StepTrainer(orbit.StandardTrainer):
       trainer's `train_step` reads.
     optimizer_name: 'lars', 'momentum' or 'adam' (weight-decay semantics).
     weight_decay: the decay rate.
-    jit_compile: XLA-compile the per-replica forward and backward pass.
-    metric_names: the running means, by stats key.
-    reported: metrics reported even when never updated in a loop (default:
-      all of them).
+    jit_compile: XLA-compile the per-replica forward and backward pass (one
+      replica only).
   """
 
   def __init__(self,
@@ -127,12 +127,9 @@ class StepTrainer(orbit.StandardTrainer):
                model: keras.Model,
                optimizer: keras.optimizers.legacy.Optimizer,
                train_dataset,
-               *,
                optimizer_name: str,
                weight_decay: float,
-               jit_compile: bool,
-               metric_names: Sequence[str],
-               reported: Optional[Sequence[str]] = None):
+               jit_compile: bool = False):
     if optimizer_name not in optimizer_lib.OPTIMIZERS:
       raise ValueError(f"optimizer_name must be one of "
                        f"{optimizer_lib.OPTIMIZERS}, got {optimizer_name!r}")
@@ -144,12 +141,19 @@ class StepTrainer(orbit.StandardTrainer):
     self.optimizer_name = optimizer_name
     self.weight_decay = weight_decay
     self.jit_compile = jit_compile
-    self.metrics = make_mean_metrics(strategy, metric_names)
-    self._reported = tuple(metric_names if reported is None else reported)
+    self.metrics = make_mean_metrics(strategy, self.metric_names())
     self._forward_backward = maybe_xla(self._loss_and_gradients, jit_compile)
     super().__init__(
         train_dataset,
         options=orbit.StandardTrainerOptions(use_tf_while_loop=True))
+
+  def metric_names(self) -> Sequence[str]:
+    """The running means, by stats key."""
+    raise NotImplementedError
+
+  def always_reported(self) -> Sequence[str]:
+    """Metrics reported even when a loop never updated them."""
+    return self.metric_names()
 
   def _loss_and_gradients(self, *args):
     raise NotImplementedError
@@ -169,6 +173,6 @@ class StepTrainer(orbit.StandardTrainer):
     self.strategy.run(self.replica_step, args=(next(iterator),))
 
   def train_loop_end(self):
-    results = metric_results(self.metrics, self._reported)
+    results = metric_results(self.metrics, self.always_reported())
     results[LEARNING_RATE] = learning_rate_value(self.optimizer)
     return results

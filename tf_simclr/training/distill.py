@@ -230,14 +230,15 @@ class DistillTrainer(common.StepTrainer):
     self.temperature = temperature
     self.scale_by_temperature_squared = scale_by_temperature_squared
     self.distill_label_weight = distill_label_weight
-    names = [TOTAL_LOSS, DISTILL_LOSS, TEACHER_AGREEMENT, WEIGHT_DECAY,
-             common.GRADIENT_NORM]
-    if uses_labels:
-      names += [SUPERVISED_LOSS, SUPERVISED_ACC]
-    super().__init__(
-        strategy, student, optimizer, train_dataset,
-        optimizer_name=optimizer_name, weight_decay=weight_decay,
-        jit_compile=jit_compile, metric_names=names)
+    super().__init__(strategy, student, optimizer, train_dataset,
+                     optimizer_name, weight_decay, jit_compile)
+
+  def metric_names(self):
+    names = (TOTAL_LOSS, DISTILL_LOSS, TEACHER_AGREEMENT, WEIGHT_DECAY,
+             common.GRADIENT_NORM)
+    if self.distill_label_weight > 0:
+      names += (SUPERVISED_LOSS, SUPERVISED_ACC)
+    return names
 
   @property
   def student(self) -> keras.Model:

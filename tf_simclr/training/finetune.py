@@ -59,37 +59,24 @@ class FinetuneTrainer(common.StepTrainer):
   gradient and no decay, and their batch norms run in inference mode.
 
   Args:
-    strategy: the distribution strategy the model and optimizer live in.
-    model: a built `SimCLRModel` with a supervised head (from
-      `build_model(model_config, head_config, 'finetune' or 'supervised',
-      frozen_through_block=...)`).
-    optimizer: a tf_keras legacy optimizer whose `iterations` is the step.
-    train_dataset: a distributed dataset of {"image": float32 [b, S, S, 3],
-      "label": int32 [b]} per-replica batches (`build_finetune_dataset`,
-      possibly over a `labelled_subset_source`).
-    optimizer_name: 'lars', 'momentum' or 'adam' (weight-decay semantics).
-    weight_decay: the decay rate.
-    jit_compile: XLA-compile the per-replica forward and backward pass (one
-      replica only).
+    strategy, model, optimizer, train_dataset, optimizer_name, weight_decay,
+    jit_compile: see `common.StepTrainer`. The model is a built `SimCLRModel`
+      with a supervised head (from `build_model(model_config, head_config,
+      'finetune' or 'supervised', frozen_through_block=...)`); the dataset
+      distributes {"image": float32 [b, S, S, 3], "label": int32 [b]}
+      per-replica batches (`build_finetune_dataset`, possibly over a
+      `labelled_subset_source`).
   """
 
-  def __init__(self,
-               strategy: tf.distribute.Strategy,
-               model: keras.Model,
-               optimizer: keras.optimizers.legacy.Optimizer,
-               train_dataset,
-               optimizer_name: str,
-               weight_decay: float,
-               jit_compile: bool = False):
+  def __init__(self, strategy, model, *args, **kwargs):
     if getattr(model, "supervised_head", None) is None:
       raise ValueError(
           f"model must be a SimCLRModel with a supervised head, got {model!r}")
-    super().__init__(
-        strategy, model, optimizer, train_dataset,
-        optimizer_name=optimizer_name, weight_decay=weight_decay,
-        jit_compile=jit_compile,
-        metric_names=(TOTAL_LOSS, SUPERVISED_LOSS, SUPERVISED_ACC,
-                      WEIGHT_DECAY, common.GRADIENT_NORM))
+    super().__init__(strategy, model, *args, **kwargs)
+
+  def metric_names(self):
+    return (TOTAL_LOSS, SUPERVISED_LOSS, SUPERVISED_ACC, WEIGHT_DECAY,
+            common.GRADIENT_NORM)
 
   def _loss_and_gradients(self, images, labels):
     variables = self.model.trainable_variables

@@ -28,18 +28,15 @@ class PretrainTrainer(common.StepTrainer):
   """One SimCLR step per replica: two views, NT-Xent, optional linear eval.
 
   Args:
-    strategy: the distribution strategy the model and optimizer live in.
-    model: a `SimCLRModel` (a supervised head means linear eval).
-    optimizer: a tf_keras legacy optimizer whose `iterations` is the step.
-    train_dataset: a distributed dataset of {"view1", "view2", "label"}.
-    optimizer_name: 'lars', 'momentum' or 'adam' (weight-decay semantics).
-    weight_decay: the decay rate.
+    *args, **kwargs: `common.StepTrainer`'s (strategy, model, optimizer,
+      train_dataset, optimizer_name, weight_decay, jit_compile); the model is
+      a `SimCLRModel` (a supervised head means linear eval), the dataset
+      distributes {"view1", "view2", "label"} batches.
     temperature: NT-Xent temperature.
     hidden_norm: L2-normalise projections before the loss.
     blur_image_size: configured image size for the blur kernel, or None for
       no blur.
     seed: seed for the in-step random blur.
-    jit_compile: XLA-compile the per-replica forward and backward pass.
     momentum_encoder: with `negative_queue`, turns on the memory of negatives:
       a `memory_bank.MomentumEncoder` producing keys from view 1.
     negative_queue: a `memory_bank.NegativeQueue` of past keys.
@@ -47,20 +44,15 @@ class PretrainTrainer(common.StepTrainer):
   """
 
   def __init__(self,
-               strategy: tf.distribute.Strategy,
-               model: keras.Model,
-               optimizer: keras.optimizers.legacy.Optimizer,
-               train_dataset,
-               optimizer_name: str,
-               weight_decay: float,
+               *args,
                temperature: float,
                hidden_norm: bool = True,
                blur_image_size: Optional[int] = None,
                seed: int = 0,
-               jit_compile: bool = False,
                momentum_encoder=None,
                negative_queue=None,
-               memory_momentum: float = 0.999):
+               memory_momentum: float = 0.999,
+               **kwargs):
     if (momentum_encoder is None) != (negative_queue is None):
       raise ValueError(
           "momentum_encoder and negative_queue go together, got "
@@ -73,15 +65,17 @@ class PretrainTrainer(common.StepTrainer):
     self.momentum_encoder = momentum_encoder
     self.negative_queue = negative_queue
     self.memory_momentum = memory_momentum
-    super().__init__(
-        strategy, model, optimizer, train_dataset,
-        optimizer_name=optimizer_name, weight_decay=weight_decay,
-        jit_compile=jit_compile,
-        metric_names=(TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC,
-                      CONTRAST_ENTROPY, SUPERVISED_LOSS, SUPERVISED_ACC,
-                      WEIGHT_DECAY, common.GRADIENT_NORM),
-        reported=(TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC, CONTRAST_ENTROPY,
-                  WEIGHT_DECAY, common.GRADIENT_NORM))
+    super().__init__(*args, **kwargs)
+
+  def metric_names(self):
+    return (TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC, CONTRAST_ENTROPY,
+            SUPERVISED_LOSS, SUPERVISED_ACC, WEIGHT_DECAY,
+            common.GRADIENT_NORM)
+
+  def always_reported(self):
+    # The supervised metrics only exist with a linear-eval head.
+    return (TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC, CONTRAST_ENTROPY,
+            WEIGHT_DECAY, common.GRADIENT_NORM)
 
   def _blur_views(self, view1: tf.Tensor, view2: tf.Tensor):
     """Random blur per view batch; the seed depends on step and replica."""
