@@ -405,9 +405,13 @@ def test_pretrain_finetune_supervised_distill_chain(tmp_path):
   assert 0 <= finetuned["label_top_1_accuracy"] <= 1
   supervised, _ = stage("supervised")
   assert supervised["global_step"] == 2
-  distilled, _ = stage("distill",
-                       teacher_checkpoint=str(tmp_path / "finetune"),
-                       distill_temperature=0.5)
+  distilled, lines = stage("distill",
+                           teacher_checkpoint=str(tmp_path / "finetune"),
+                           distill_temperature=0.5)
+  # One teacher serves training and the teacher's evaluation.
+  assert len([l for l in lines if l.startswith("teacher: ")]) == 1
+  # The schedule counts the unlabelled images the student trains on.
+  assert any(l.startswith("data: digits train=1438 (train)") for l in lines)
   assert "teacher_label_top_1_accuracy" in distilled
   assert distilled["teacher_label_top_1_accuracy"] == pytest.approx(
       finetuned["label_top_1_accuracy"])
