@@ -1,9 +1,11 @@
 """Training throughput and memory benchmark for tf_simclr.
 
-Builds the trainer run.py builds (PretrainTrainer or FinetuneTrainer under the
-chosen tf.distribute strategy, LARS with the warm-up + cosine schedule, the
-optional memory bank), runs warm-up steps that absorb tracing and XLA
-compilation, then times `--steps` steps, one `trainer.train(1)` call each.
+Builds the trainer run.py builds, through the same `stages.Stage` (pretrain
+or finetune under the chosen tf.distribute strategy, LARS with the warm-up +
+cosine schedule, the optional memory bank), runs warm-up steps that absorb
+tracing and XLA compilation, then times `--steps` steps, `--steps_per_loop`
+per `trainer.train` call. `--stage=pipeline` times the stage's training input
+pipeline alone.
 
   python bench/bench_train.py --stage=pretrain --jit_compile=off --steps=3
   python bench/bench_train.py --stage=pipeline --dataset=synthetic
@@ -85,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                  help="global batch (source images per step)")
   p.add_argument("--use_blur", type=_on_off, default=False)
   p.add_argument("--color_jitter_strength", type=float, default=0.5)
+  p.add_argument("--min_crop_area", type=float, default=0.08,
+                 help="pretraining crops' minimum area (run.py's flag)")
+  p.add_argument("--pretrain_image_size", type=_non_negative_int, default=0,
+                 help="pretraining view side; 0: --image_size (run.py's flag)")
   p.add_argument("--jit_compile", type=_on_off, default=False,
                  help="XLA forward/backward (single replica only, as run.py)")
   p.add_argument("--memory_size", type=_non_negative_int, default=0)
@@ -254,7 +260,7 @@ def _make_source(args):
 
 
 # ----------------------------------------------------------------------------
-# Configuration and trainer (the code path of experiment.run_experiment)
+# Configuration; the trainer comes from the stage, as in run_experiment
 
 
 def _experiment_config(args, train_mode: str, num_classes: int):
@@ -278,6 +284,8 @@ def _experiment_config(args, train_mode: str, num_classes: int):
           dataset=args.dataset, data_dir=args.data_dir,
           train_split=args.split, image_size=args.image_size,
           color_jitter_strength=args.color_jitter_strength,
+          min_crop_area=args.min_crop_area,
+          pretrain_image_size=args.pretrain_image_size,
           use_blur=args.use_blur, cache_dataset=args.cache_dataset,
           seed=args.seed),
       optimizer=configs.OptimizerConfig(
@@ -330,34 +338,26 @@ def _frozen(dataset):
   return dataset.take(1).cache().repeat()
 
 
-def _build_trainer(args, strategy, source, stage: str, result: dict):
+def _build_trainer(args, strategy, source, stage_name: str, result: dict):
   import numpy as np
-  from tf_simclr.data import pipelines
   from tf_simclr.training import experiment
-  from tf_simclr.training import finetune
-  from tf_simclr.training import precision
   from tf_simclr.training import pretrain
+  from tf_simclr.training import stages
 
-  replicas = strategy.num_replicas_in_sync
-  train_mode = "pretrain" if stage == "pretrain" else "finetune"
-  cfg = _experiment_config(args, train_mode, source.num_classes)
-  num_train = source.num_examples(args.split)
-  schedule = experiment.compute_schedule(cfg, num_train)
-  d, t, o = cfg.data, cfg.train, cfg.optimizer
-
-  with strategy.scope(), precision.policy_scope(t.precision):
-    model = experiment.build_model(cfg, replicas)
-    optimizer = precision.wrap_optimizer(
-        experiment.build_optimizer(cfg, schedule), t.precision)
-    memory = (experiment.build_memory_bank(cfg, model, replicas)
-              if stage == "pretrain" else {})
+  cfg = _experiment_config(args, stage_name, source.num_classes)
+  stage = stages.get(stage_name)
+  source = stage.training_source(cfg, source)
+  schedule = experiment.compute_schedule(
+      cfg, source.num_examples(stage.training_split(cfg)))
+  state = stage.build(cfg, strategy, schedule)
+  model, memory = state.model, state.extras
   result["fused_batch_norm_layers"] = _count_fused_batch_norms(model)
   result["model_params"] = int(sum(
       v.shape.num_elements() for v in model.trainable_variables))
   result["model_variable_bytes"] = _variable_bytes(model.variables)
   if memory:
-    queue = memory[experiment.NEGATIVE_QUEUE]
-    encoder = memory[experiment.MOMENTUM_ENCODER]
+    queue = memory[stages.NEGATIVE_QUEUE]
+    encoder = memory[stages.MOMENTUM_ENCODER]
     result["queue_bytes"] = _variable_bytes(queue.variables)
     result["momentum_encoder_bytes"] = _variable_bytes(encoder.model.variables)
     if args.prefill_memory:
@@ -367,52 +367,19 @@ def _build_trainer(args, strategy, source, stage: str, result: dict):
       queue.keys.assign(keys)
       queue.filled.assign(queue.size)
   if args.flops:
-    forward = _estimate_forward_flops(model, args.image_size)
+    forward = _estimate_forward_flops(model, cfg.data.image_size)
     if forward is not None:
       result["forward_flops_per_image"] = forward
-      views = 2 if stage == "pretrain" else 1
+      views = 2 if stage_name == "pretrain" else 1
       # Backward ~ 2x forward; the momentum encoder adds a forward of view 1.
       per_image = 3 * views * forward + (forward if memory else 0)
       result["train_flops_per_source_image"] = per_image
 
-  jit = t.jit_compile and replicas == 1
-  if stage == "pretrain":
-    def dataset_fn(context):
-      dataset = pipelines.build_pretrain_dataset(
-          source, d.train_split,
-          per_replica_batch_size=context.get_per_replica_batch_size(
-              t.train_batch_size),
-          image_size=d.image_size,
-          color_jitter_strength=d.color_jitter_strength,
-          input_context=context, seed=d.seed, cache=d.cache_dataset)
-      return _frozen(dataset) if args.input == "frozen" else dataset
-
-    dataset = strategy.distribute_datasets_from_function(dataset_fn)
-    trainer = pretrain.PretrainTrainer(
-        strategy, model, optimizer, dataset,
-        optimizer_name=o.optimizer, weight_decay=o.weight_decay,
-        temperature=cfg.loss.temperature, hidden_norm=cfg.loss.hidden_norm,
-        blur_image_size=d.image_size if d.use_blur else None, seed=d.seed,
-        jit_compile=jit,
-        momentum_encoder=memory.get(experiment.MOMENTUM_ENCODER),
-        negative_queue=memory.get(experiment.NEGATIVE_QUEUE),
-        memory_momentum=cfg.loss.memory_momentum)
-  else:
-    def dataset_fn(context):
-      dataset = pipelines.build_finetune_dataset(
-          source, d.train_split,
-          per_replica_batch_size=context.get_per_replica_batch_size(
-              t.train_batch_size),
-          image_size=d.image_size, input_context=context, seed=d.seed,
-          cache=d.cache_dataset)
-      return _frozen(dataset) if args.input == "frozen" else dataset
-
-    dataset = strategy.distribute_datasets_from_function(dataset_fn)
-    trainer = finetune.FinetuneTrainer(
-        strategy, model, optimizer, dataset, optimizer_name=o.optimizer,
-        weight_decay=o.weight_decay, jit_compile=jit)
-  result["jit_effective"] = bool(jit)
-  return trainer, optimizer, pretrain.TOTAL_LOSS
+  trainer = stage.make_trainer(
+      cfg, strategy, state, source,
+      input_transform=_frozen if args.input == "frozen" else None)
+  result["jit_effective"] = bool(trainer.jit_compile)
+  return trainer, state.optimizer, pretrain.TOTAL_LOSS
 
 
 def _run_training(args, result: dict) -> None:
@@ -463,19 +430,16 @@ def _run_training(args, result: dict) -> None:
 
 
 def _run_pipeline(args, result: dict) -> None:
-  from tf_simclr.data import pipelines
+  import tensorflow as tf
+  from tf_simclr.training import stages
 
   source = _make_source(args)
-  if args.pipeline_stage == "pretrain":
-    dataset = pipelines.build_pretrain_dataset(
-        source, args.split, per_replica_batch_size=args.batch_size,
-        image_size=args.image_size,
-        color_jitter_strength=args.color_jitter_strength, seed=args.seed,
-        cache=args.cache_dataset)
-  else:
-    dataset = pipelines.build_finetune_dataset(
-        source, args.split, per_replica_batch_size=args.batch_size,
-        image_size=args.image_size, seed=args.seed, cache=args.cache_dataset)
+  cfg = _experiment_config(args, args.pipeline_stage, source.num_classes)
+  stage = stages.get(args.pipeline_stage)
+  # One input pipeline feeding one replica: the whole batch.
+  dataset = stage.dataset_fns(
+      cfg, stage.training_source(cfg, source), start_step=0)(
+          tf.distribute.InputContext())
   iterator = iter(dataset)
   start = time.perf_counter()
   for _ in range(args.warmup_steps):
@@ -517,9 +481,9 @@ def _configure_tensorflow(args) -> dict:
 
 
 _CONFIG_KEYS = ("stage", "resnet_depth", "width_multiplier", "sk_ratio",
-                "se_ratio", "image_size", "batch_size", "use_blur",
-                "color_jitter_strength", "jit_compile", "memory_size",
-                "fused_bn", "recompute_block_groups", "precision",
+                "se_ratio", "image_size", "pretrain_image_size", "batch_size",
+                "use_blur", "color_jitter_strength", "min_crop_area",
+                "jit_compile", "memory_size", "fused_bn", "recompute_block_groups", "precision",
                 "steps_per_loop", "dataset", "input", "distribution", "steps",
                 "warmup_steps", "label")
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tf_simclr import configs
 from tf_simclr.data import pipelines
+from tf_simclr.training import evaluation
 from tf_simclr.training import experiment
 
 from conftest import REPO_ROOT
@@ -66,6 +67,25 @@ def test_train_then_eval_writes_results_config_and_checkpoints(tmp_path):
   assert any(l.startswith("final: ") for l in lines)
   events = list((tmp_path / "train").glob("events.out.tfevents.*"))
   assert events
+  # The eval results are also TensorBoard scalars at the global step.
+  scalars = eval_scalars(str(tmp_path / "eval"))
+  assert scalars["eval/label_top_1_accuracy"] == (
+      4, pytest.approx(saved["label_top_1_accuracy"], abs=1e-7))
+  assert scalars["eval/label_top_5_accuracy"] == (
+      4, pytest.approx(saved["label_top_5_accuracy"], abs=1e-7))
+  assert scalars["eval/eval_examples"] == (4, 359)
+  assert "eval/global_step" not in scalars
+
+
+def eval_scalars(directory) -> dict:
+  """{tag: (step, value)} of the scalar summaries in `directory`'s events."""
+  scalars = {}
+  for path in tf.io.gfile.glob(f"{directory}/events.out.tfevents.*"):
+    for record in tf.data.TFRecordDataset(path):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        scalars[value.tag] = (event.step, float(tf.make_ndarray(value.tensor)))
+  return scalars
 
 
 def test_pretrain_image_size_shrinks_only_the_pretraining_views(
@@ -158,16 +178,16 @@ def test_two_replica_run(tmp_path, two_cpu_strategy, memory_size):
   assert results["probe_0.1_num_labels"] == 143
   assert results["probe_0.1_raw_pixels_top_1"] > 0.8
   summary = [l for l in lines if l.startswith("summary: ")]
-  assert summary == [f"summary: {experiment.probe_summary(results)}"]
+  assert summary == [f"summary: {evaluation.probe_summary(results)}"]
 
 
 def test_probe_summary_marks_a_missing_baseline():
   results = {"probe_0.1_num_labels": 143, "probe_0.1_pretrained_top_1": 0.9,
              "probe_0.1_random_init_top_1": 0.5, "knn_top_1_accuracy": 0.8}
-  assert experiment.probe_summary(results) == (
+  assert evaluation.probe_summary(results) == (
       "linear probe top-1, pretrained / random init / raw pixels: "
       "10% labels (143) 0.900 / 0.500 / n/a | k-NN top-1 0.800")
-  assert experiment.probe_summary({"eval_examples": 3}) is None
+  assert evaluation.probe_summary({"eval_examples": 3}) is None
 
 
 def test_rejects_batch_not_divisible_by_replicas(tmp_path, two_cpu_strategy):
@@ -389,9 +409,13 @@ def test_pretrain_finetune_supervised_distill_chain(tmp_path):
   assert 0 <= finetuned["label_top_1_accuracy"] <= 1
   supervised, _ = stage("supervised")
   assert supervised["global_step"] == 2
-  distilled, _ = stage("distill",
-                       teacher_checkpoint=str(tmp_path / "finetune"),
-                       distill_temperature=0.5)
+  distilled, lines = stage("distill",
+                           teacher_checkpoint=str(tmp_path / "finetune"),
+                           distill_temperature=0.5)
+  # One teacher serves training and the teacher's evaluation.
+  assert len([l for l in lines if l.startswith("teacher: ")]) == 1
+  # The schedule counts the unlabelled images the student trains on.
+  assert any(l.startswith("data: digits train=1438 (train)") for l in lines)
   assert "teacher_label_top_1_accuracy" in distilled
   assert distilled["teacher_label_top_1_accuracy"] == pytest.approx(
       finetuned["label_top_1_accuracy"])

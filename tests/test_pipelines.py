@@ -212,6 +212,27 @@ def test_make_dataset_fn_with_two_replicas(digits, two_cpu_strategy):
                               input_context=_context(0))
 
 
+def test_make_dataset_fn_resumes_each_pipeline_at_its_own_batch(digits):
+  # 2 pipelines feeding 4 replicas: step 3 consumed 3 x 2 batches of each.
+  context = tf.distribute.InputContext(num_input_pipelines=2,
+                                       input_pipeline_id=1,
+                                       num_replicas_in_sync=4)
+  dataset_fn = pipelines.make_dataset_fn(
+      pipelines.build_finetune_dataset, digits, "train", global_batch_size=16,
+      start_step=3, image_size=8, seed=5, shuffle_buffer_multiplier=1)
+  full = _take(_finetune(digits, input_context=context), 7)
+  resumed = _take(dataset_fn(context), 1)
+  np.testing.assert_array_equal(full[6]["image"], resumed[0]["image"])
+  with pytest.raises(ValueError, match="start_batch is set by"):
+    pipelines.make_dataset_fn(pipelines.build_finetune_dataset, digits,
+                              "train", global_batch_size=16, image_size=8,
+                              start_step=0, start_batch=2)
+  with pytest.raises(ValueError, match="start_step must be an integer >= 0"):
+    pipelines.make_dataset_fn(pipelines.build_finetune_dataset, digits,
+                              "train", global_batch_size=16, image_size=8,
+                              start_step=-1)
+
+
 def test_cifar10_image_folder_batch(cifar10_dir):
   source = sources.get_source("image_folder", str(cifar10_dir))
   assert source.class_names == ("airplane", "automobile", "bird", "cat",

@@ -27,6 +27,7 @@ from tf_simclr.export import serving
 from tf_simclr.training import experiment
 
 from conftest import REPO_ROOT
+from test_experiment import eval_scalars
 from test_experiment import tiny_config
 
 CLASSES = ("ant", "bee")
@@ -123,6 +124,8 @@ def test_stages_exports_and_resume_with_everything_on_ram(ram_root,
       _read_text(f"{root}/pretrain/config.json"))
   assert saved.head.num_classes == 2
   assert tf.io.gfile.glob(f"{root}/pretrain/train/events.out.tfevents.*")
+  assert eval_scalars(f"{root}/pretrain/eval")["eval/label_top_1_accuracy"] == (
+      4, pytest.approx(results["label_top_1_accuracy"], abs=1e-7))
   assert serving.list_versions(f"{root}/pretrain/export") == [4]
   # No staging directory is left behind next to the version.
   assert tf.io.gfile.listdir(f"{root}/pretrain/export") == ["4"]

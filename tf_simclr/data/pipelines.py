@@ -103,19 +103,41 @@ def _pipeline_id(input_context: Optional[tf.distribute.InputContext]) -> int:
   return 0 if input_context is None else input_context.input_pipeline_id
 
 
-def _build_training_dataset(source: sources.DataSource,
-                            split: str,
-                            augment_fn: ExampleFn,
-                            *,
-                            per_replica_batch_size: int,
-                            image_size: int,
-                            input_context: Optional[tf.distribute.InputContext],
-                            seed: int,
-                            cache: bool,
-                            shuffle_buffer_multiplier: int,
-                            deterministic: bool,
-                            start_batch: int = 0) -> tf.data.Dataset:
-  """The skeleton shared by the pretraining and fine-tuning pipelines."""
+def build_training_dataset(
+    source: sources.DataSource,
+    split: str,
+    augment_fn: ExampleFn,
+    *,
+    per_replica_batch_size: int,
+    image_size: int,
+    input_context: Optional[tf.distribute.InputContext] = None,
+    seed: int = 0,
+    cache: bool = False,
+    shuffle_buffer_multiplier: int = 0,
+    deterministic: bool = True,
+    start_batch: int = 0) -> tf.data.Dataset:
+  """Endless augmented batches: the skeleton of every training pipeline.
+
+  `build_pretrain_dataset` and `build_finetune_dataset` pass their
+  augmentation here and forward the other keyword arguments unchanged.
+
+  Args:
+    source: where the examples come from.
+    split: split to read.
+    augment_fn: (example {"image", "label"}, stateless seed) -> the batch
+      element.
+    per_replica_batch_size: examples per batch (every batch is full).
+    image_size: side length of the output images; selects the reference
+      shuffle buffer.
+    input_context: reads only this input pipeline's shard when given.
+    seed: seeds the file order, the shuffle buffer and the augmentations.
+    cache: cache the decoded raw examples in memory after the first pass.
+    shuffle_buffer_multiplier: shuffle buffer in per-replica batches (0: 50
+      for image_size <= 32, else 10).
+    deterministic: keep element order fixed across parallel map calls.
+    start_batch: batches of this pipeline already consumed (resume); the
+      stream continues exactly where they ended.
+  """
   if not _is_int(start_batch) or start_batch < 0:
     raise ValueError(f"start_batch must be an integer >= 0, got {start_batch!r}")
   buffer_size = shuffle_buffer_size(per_replica_batch_size, image_size,
@@ -155,39 +177,26 @@ def _build_training_dataset(source: sources.DataSource,
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def build_pretrain_dataset(
-    source: sources.DataSource,
-    split: str,
-    *,
-    per_replica_batch_size: int,
-    image_size: int,
-    color_jitter_strength: float,
-    min_crop_area: float = 0.08,
-    flip_prob: float = 0.5,
-    input_context: Optional[tf.distribute.InputContext] = None,
-    seed: int = 0,
-    cache: bool = False,
-    shuffle_buffer_multiplier: int = 0,
-    deterministic: bool = True,
-    start_batch: int = 0) -> tf.data.Dataset:
+def build_pretrain_dataset(source: sources.DataSource,
+                           split: str,
+                           *,
+                           image_size: int,
+                           color_jitter_strength: float,
+                           min_crop_area: float = 0.08,
+                           flip_prob: float = 0.5,
+                           **pipeline_options: Any) -> tf.data.Dataset:
   """Endless batches of two augmented views for contrastive pretraining.
 
   Args:
     source: where the examples come from.
     split: split to read.
-    per_replica_batch_size: examples per batch (every batch is full).
     image_size: side length of the square views.
     color_jitter_strength: colour distortion strength s (SPEC §5.1).
     min_crop_area: lower end of the random crop's area range.
     flip_prob: probability of mirroring each view left-right.
-    input_context: reads only this input pipeline's shard when given.
-    seed: seeds the file order, the shuffle buffer and the augmentations.
-    cache: cache the decoded raw examples in memory after the first pass.
-    shuffle_buffer_multiplier: shuffle buffer in per-replica batches (0: 50
-      for image_size <= 32, else 10).
-    deterministic: keep element order fixed across parallel map calls.
-    start_batch: batches of this pipeline already consumed (resume); the
-      stream continues exactly where they ended.
+    **pipeline_options: `build_training_dataset`'s keyword arguments
+      (`per_replica_batch_size` is required; `input_context`, `seed`,
+      `cache`, `shuffle_buffer_multiplier`, `deterministic`, `start_batch`).
 
   Returns:
     A dataset of {"view1": float32 [b, S, S, 3], "view2": float32 [b, S, S, 3],
@@ -197,45 +206,27 @@ def build_pretrain_dataset(
   augment_fn = augment.build_pretrain_augment(image_size,
                                               color_jitter_strength,
                                               min_crop_area, flip_prob)
-  return _build_training_dataset(
-      source, split, augment_fn,
-      per_replica_batch_size=per_replica_batch_size, image_size=image_size,
-      input_context=input_context, seed=seed, cache=cache,
-      shuffle_buffer_multiplier=shuffle_buffer_multiplier,
-      deterministic=deterministic, start_batch=start_batch)
+  return build_training_dataset(source, split, augment_fn,
+                                image_size=image_size, **pipeline_options)
 
 
-def build_finetune_dataset(
-    source: sources.DataSource,
-    split: str,
-    *,
-    per_replica_batch_size: int,
-    image_size: int,
-    min_crop_area: float = 0.08,
-    flip_prob: float = 0.5,
-    input_context: Optional[tf.distribute.InputContext] = None,
-    seed: int = 0,
-    cache: bool = False,
-    shuffle_buffer_multiplier: int = 0,
-    deterministic: bool = True,
-    start_batch: int = 0) -> tf.data.Dataset:
+def build_finetune_dataset(source: sources.DataSource,
+                           split: str,
+                           *,
+                           image_size: int,
+                           min_crop_area: float = 0.08,
+                           flip_prob: float = 0.5,
+                           **pipeline_options: Any) -> tf.data.Dataset:
   """Endless batches of crop-and-flip augmented images for fine-tuning.
 
   Args:
     source: where the examples come from.
     split: split to read.
-    per_replica_batch_size: examples per batch (every batch is full).
     image_size: side length of the square images.
     min_crop_area: lower end of the random crop's area range.
     flip_prob: probability of mirroring an image left-right.
-    input_context: reads only this input pipeline's shard when given.
-    seed: seeds the file order, the shuffle buffer and the augmentations.
-    cache: cache the decoded raw examples in memory after the first pass.
-    shuffle_buffer_multiplier: shuffle buffer in per-replica batches (0: 50
-      for image_size <= 32, else 10).
-    deterministic: keep element order fixed across parallel map calls.
-    start_batch: batches of this pipeline already consumed (resume); the
-      stream continues exactly where they ended.
+    **pipeline_options: `build_training_dataset`'s keyword arguments, as for
+      `build_pretrain_dataset`.
 
   Returns:
     A dataset of {"image": float32 [b, S, S, 3], "label": int32 [b]}.
@@ -243,12 +234,8 @@ def build_finetune_dataset(
   _check_positive_int("image_size", image_size)
   augment_fn = augment.build_finetune_augment(image_size, min_crop_area,
                                               flip_prob)
-  return _build_training_dataset(
-      source, split, augment_fn,
-      per_replica_batch_size=per_replica_batch_size, image_size=image_size,
-      input_context=input_context, seed=seed, cache=cache,
-      shuffle_buffer_multiplier=shuffle_buffer_multiplier,
-      deterministic=deterministic, start_batch=start_batch)
+  return build_training_dataset(source, split, augment_fn,
+                                image_size=image_size, **pipeline_options)
 
 
 def _replicas_per_pipeline(
@@ -348,6 +335,7 @@ def make_dataset_fn(
     split: str,
     *,
     global_batch_size: int,
+    start_step: Optional[int] = None,
     **kwargs: Any) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
   """Wraps a `build_*_dataset` for `strategy.distribute_datasets_from_function`.
 
@@ -357,15 +345,21 @@ def make_dataset_fn(
     source: where the examples come from.
     split: split to read.
     global_batch_size: batch over all replicas; must divide evenly.
+    start_step: training steps a resumed run already took; each input
+      pipeline then skips the batches it fed them (`start_batch`). None for
+      a builder without `start_batch` (eval).
     **kwargs: further keyword arguments of `build_fn` (not
-      `per_replica_batch_size` or `input_context`, which come from here).
+      `per_replica_batch_size`, `input_context` or `start_batch`, which come
+      from here).
 
   Returns:
     A function of the strategy's `InputContext` building that input
     pipeline's shard, batched at the per-replica size.
   """
   _check_positive_int("global_batch_size", global_batch_size)
-  for reserved in ("per_replica_batch_size", "input_context"):
+  if start_step is not None and (not _is_int(start_step) or start_step < 0):
+    raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}")
+  for reserved in ("per_replica_batch_size", "input_context", "start_batch"):
     if reserved in kwargs:
       raise ValueError(
           f"{reserved} is set by make_dataset_fn, got {reserved}="
@@ -377,10 +371,16 @@ def make_dataset_fn(
           f"global_batch_size must be divisible by the "
           f"{input_context.num_replicas_in_sync} replicas, got "
           f"{global_batch_size}")
+    options = dict(kwargs)
+    if start_step is not None:
+      # Each input pipeline feeds num_replicas / num_pipelines replicas.
+      options["start_batch"] = (start_step *
+                                input_context.num_replicas_in_sync //
+                                input_context.num_input_pipelines)
     return build_fn(
         source, split,
         per_replica_batch_size=input_context.get_per_replica_batch_size(
             global_batch_size),
-        input_context=input_context, **kwargs)
+        input_context=input_context, **options)
 
   return dataset_fn

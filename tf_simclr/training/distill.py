@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-import orbit
 import tensorflow as tf
 import tf_keras as keras
 
@@ -29,7 +28,6 @@ from tf_simclr.models import simclr_model
 from tf_simclr.training import common
 from tf_simclr.training import optimizer as optimizer_lib
 from tf_simclr.training import precision
-from tf_simclr.training.pretrain import LEARNING_RATE
 from tf_simclr.training.pretrain import SUPERVISED_ACC
 from tf_simclr.training.pretrain import SUPERVISED_LOSS
 from tf_simclr.training.pretrain import TOTAL_LOSS
@@ -145,7 +143,7 @@ def _static_class_count(model) -> Optional[int]:
   return getattr(head, "num_classes", None)
 
 
-class DistillTrainer(orbit.StandardTrainer):
+class DistillTrainer(common.StepTrainer):
   """One distillation step per replica (see the module docstring).
 
   Args:
@@ -205,11 +203,6 @@ class DistillTrainer(orbit.StandardTrainer):
           f"the student predicts {student.supervised_head.num_classes} "
           f"classes but num_classes (the dataset) is {num_classes}")
     check_class_counts(_static_class_count(teacher), num_classes)
-    if optimizer_name not in optimizer_lib.OPTIMIZERS:
-      raise ValueError(f"optimizer_name must be one of "
-                       f"{optimizer_lib.OPTIMIZERS}, got {optimizer_name!r}")
-    if weight_decay < 0:
-      raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
     _check_temperature(temperature)
     if not 0.0 <= distill_label_weight <= 1.0:
       raise ValueError("distill_label_weight must be in [0, 1], got "
@@ -225,27 +218,24 @@ class DistillTrainer(orbit.StandardTrainer):
       raise ValueError(
           f"train_dataset must have the keys {[UNLABELLED, LABELLED]}, got "
           f"{sorted(train_dataset)}")
-    self.strategy = strategy
     self.teacher = teacher
-    self.student = student
-    self.optimizer = optimizer
     self.num_classes = num_classes
-    self.optimizer_name = optimizer_name
-    self.weight_decay = weight_decay
     self.temperature = temperature
     self.scale_by_temperature_squared = scale_by_temperature_squared
     self.distill_label_weight = distill_label_weight
-    self.jit_compile = jit_compile
-    names = [TOTAL_LOSS, DISTILL_LOSS, TEACHER_AGREEMENT, WEIGHT_DECAY,
-             common.GRADIENT_NORM]
-    if uses_labels:
-      names += [SUPERVISED_LOSS, SUPERVISED_ACC]
-    self.metrics = common.make_mean_metrics(strategy, names)
-    self._forward_backward = common.maybe_xla(self._loss_and_gradients,
-                                              jit_compile)
-    super().__init__(
-        train_dataset,
-        options=orbit.StandardTrainerOptions(use_tf_while_loop=True))
+    super().__init__(strategy, student, optimizer, train_dataset,
+                     optimizer_name, weight_decay, jit_compile)
+
+  def metric_names(self):
+    names = (TOTAL_LOSS, DISTILL_LOSS, TEACHER_AGREEMENT, WEIGHT_DECAY,
+             common.GRADIENT_NORM)
+    if self.distill_label_weight > 0:
+      names += (SUPERVISED_LOSS, SUPERVISED_ACC)
+    return names
+
+  @property
+  def student(self) -> keras.Model:
+    return self.model
 
   def compute_loss(self, unlabelled_images: tf.Tensor,
                    labelled_images: Optional[tf.Tensor] = None,
@@ -312,22 +302,12 @@ class DistillTrainer(orbit.StandardTrainer):
     return precision.unscale_gradients(
         self.optimizer, tape.gradient(scaled, variables)), stats
 
-  def train_loop_begin(self):
-    common.reset_metrics(self.metrics)
-
   def replica_step(self, batch) -> dict[str, tf.Tensor]:
     """One replica's whole step (what `strategy.run` runs); returns its stats."""
     gradients, stats = self._forward_backward(batch)
-    stats[common.GRADIENT_NORM] = common.apply_gradients(
-        self.optimizer, gradients, self.student.trainable_variables)
-    common.update_metrics(self.metrics, stats)
-    return stats
+    return self._apply(gradients, stats)
 
   def train_step(self, iterator):
     self.strategy.run(self.replica_step,
                       args=(tf.nest.map_structure(next, iterator),))
 
-  def train_loop_end(self):
-    results = common.metric_results(self.metrics, self.metrics)
-    results[LEARNING_RATE] = common.learning_rate_value(self.optimizer)
-    return results

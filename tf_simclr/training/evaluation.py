@@ -194,3 +194,40 @@ def raw_pixel_features(dataset: tf.data.Dataset,
   if np.array_equal(images[..., :1].repeat(images.shape[-1], axis=-1), images):
     images = images[..., :1]
   return images.reshape(len(images), -1), labels
+
+
+# Result keys of the frozen-feature monitors (see `stages.Stage.evaluate`).
+KNN_TOP_1 = "knn_top_1_accuracy"
+PRETRAINED = "pretrained"
+RANDOM_INIT = "random_init"
+RAW_PIXELS = "raw_pixels"
+
+
+def probe_key(fraction: float, features: str) -> str:
+  """Result key of a linear probe's top-1 on `features` (e.g. PRETRAINED)."""
+  return f"probe_{fraction:g}_{features}_top_1"
+
+
+def probe_count_key(fraction: float) -> str:
+  """Result key of the number of labels a probe at `fraction` trained on."""
+  return f"probe_{fraction:g}_num_labels"
+
+
+def probe_summary(results: dict) -> str | None:
+  """One line putting each probe next to its baselines, and k-NN; or None."""
+  parts = []
+  fractions = sorted({float(k.split("_")[1]) for k in results
+                      if k.startswith("probe_") and k.endswith("_num_labels")})
+  for fraction in fractions:
+    scores = " / ".join(
+        f"{results[probe_key(fraction, name)]:.3f}"
+        if probe_key(fraction, name) in results else "n/a"
+        for name in (PRETRAINED, RANDOM_INIT, RAW_PIXELS))
+    parts.append(f"{fraction:.0%} labels "
+                 f"({results[probe_count_key(fraction)]}) {scores}")
+  if parts:
+    parts[0] = ("linear probe top-1, pretrained / random init / raw pixels: "
+                + parts[0])
+  if KNN_TOP_1 in results:
+    parts.append(f"k-NN top-1 {results[KNN_TOP_1]:.3f}")
+  return " | ".join(parts) or None

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-import orbit
 import tensorflow as tf
-import tf_keras as keras
 
 from tf_simclr import losses
 from tf_simclr.data import augment
@@ -22,25 +20,22 @@ CONTRAST_ENTROPY = "contrast_entropy"
 SUPERVISED_LOSS = "supervised_loss"
 SUPERVISED_ACC = "supervised_acc"
 WEIGHT_DECAY = "weight_decay_loss"
-LEARNING_RATE = "learning_rate"
+LEARNING_RATE = common.LEARNING_RATE
 
 
-class PretrainTrainer(orbit.StandardTrainer):
+class PretrainTrainer(common.StepTrainer):
   """One SimCLR step per replica: two views, NT-Xent, optional linear eval.
 
   Args:
-    strategy: the distribution strategy the model and optimizer live in.
-    model: a `SimCLRModel` (a supervised head means linear eval).
-    optimizer: a tf_keras legacy optimizer whose `iterations` is the step.
-    train_dataset: a distributed dataset of {"view1", "view2", "label"}.
-    optimizer_name: 'lars', 'momentum' or 'adam' (weight-decay semantics).
-    weight_decay: the decay rate.
+    *args, **kwargs: `common.StepTrainer`'s (strategy, model, optimizer,
+      train_dataset, optimizer_name, weight_decay, jit_compile); the model is
+      a `SimCLRModel` (a supervised head means linear eval), the dataset
+      distributes {"view1", "view2", "label"} batches.
     temperature: NT-Xent temperature.
     hidden_norm: L2-normalise projections before the loss.
     blur_image_size: configured image size for the blur kernel, or None for
       no blur.
     seed: seed for the in-step random blur.
-    jit_compile: XLA-compile the per-replica forward and backward pass.
     momentum_encoder: with `negative_queue`, turns on the memory of negatives:
       a `memory_bank.MomentumEncoder` producing keys from view 1.
     negative_queue: a `memory_bank.NegativeQueue` of past keys.
@@ -48,47 +43,38 @@ class PretrainTrainer(orbit.StandardTrainer):
   """
 
   def __init__(self,
-               strategy: tf.distribute.Strategy,
-               model: keras.Model,
-               optimizer: keras.optimizers.legacy.Optimizer,
-               train_dataset,
-               optimizer_name: str,
-               weight_decay: float,
+               *args,
                temperature: float,
                hidden_norm: bool = True,
                blur_image_size: Optional[int] = None,
                seed: int = 0,
-               jit_compile: bool = False,
                momentum_encoder=None,
                negative_queue=None,
-               memory_momentum: float = 0.999):
+               memory_momentum: float = 0.999,
+               **kwargs):
     if (momentum_encoder is None) != (negative_queue is None):
       raise ValueError(
           "momentum_encoder and negative_queue go together, got "
           f"{type(momentum_encoder).__name__} and "
           f"{type(negative_queue).__name__}")
-    self.strategy = strategy
-    self.model = model
-    self.optimizer = optimizer
-    self.optimizer_name = optimizer_name
-    self.weight_decay = weight_decay
     self.temperature = temperature
     self.hidden_norm = hidden_norm
     self.blur_image_size = blur_image_size
     self.seed = seed
-    self.jit_compile = jit_compile
     self.momentum_encoder = momentum_encoder
     self.negative_queue = negative_queue
     self.memory_momentum = memory_momentum
-    self.metrics = common.make_mean_metrics(
-        strategy, (TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC, CONTRAST_ENTROPY,
-                   SUPERVISED_LOSS, SUPERVISED_ACC, WEIGHT_DECAY,
-                   common.GRADIENT_NORM))
-    self._forward_backward = common.maybe_xla(self._loss_and_gradients,
-                                              jit_compile)
-    super().__init__(
-        train_dataset,
-        options=orbit.StandardTrainerOptions(use_tf_while_loop=True))
+    super().__init__(*args, **kwargs)
+
+  def metric_names(self):
+    return (TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC, CONTRAST_ENTROPY,
+            SUPERVISED_LOSS, SUPERVISED_ACC, WEIGHT_DECAY,
+            common.GRADIENT_NORM)
+
+  def always_reported(self):
+    # The supervised metrics only exist with a linear-eval head.
+    return (TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC, CONTRAST_ENTROPY,
+            WEIGHT_DECAY, common.GRADIENT_NORM)
 
   def _blur_views(self, view1: tf.Tensor, view2: tf.Tensor):
     """Random blur per view batch; the seed depends on step and replica."""
@@ -138,9 +124,6 @@ class PretrainTrainer(orbit.StandardTrainer):
         self.optimizer, tape.gradient(scaled, variables))
     return gradients, stats
 
-  def train_loop_begin(self):
-    common.reset_metrics(self.metrics)
-
   def replica_step(self, batch) -> dict[str, tf.Tensor]:
     """One replica's whole step (what `strategy.run` runs); returns its stats."""
     view1, view2 = batch["view1"], batch["view2"]
@@ -154,20 +137,8 @@ class PretrainTrainer(orbit.StandardTrainer):
           images, batch["label"], self.negative_queue.negatives())
     else:
       gradients, stats = self._forward_backward(images, batch["label"])
-    stats[common.GRADIENT_NORM] = common.apply_gradients(
-        self.optimizer, gradients, self.model.trainable_variables)
+    self._apply(gradients, stats)
     if self.negative_queue is not None:
       self.negative_queue.enqueue(keys)
       self.momentum_encoder.update(self.model, self.memory_momentum)
-    common.update_metrics(self.metrics, stats)
     return stats
-
-  def train_step(self, iterator):
-    self.strategy.run(self.replica_step, args=(next(iterator),))
-
-  def train_loop_end(self):
-    results = common.metric_results(
-        self.metrics, (TOTAL_LOSS, CONTRAST_LOSS, CONTRAST_ACC,
-                       CONTRAST_ENTROPY, WEIGHT_DECAY, common.GRADIENT_NORM))
-    results[LEARNING_RATE] = common.learning_rate_value(self.optimizer)
-    return results
