@@ -284,7 +284,9 @@ def _experiment_config(args, train_mode: str, num_classes: int):
           dataset=args.dataset, data_dir=args.data_dir,
           train_split=args.split, image_size=args.image_size,
           color_jitter_strength=args.color_jitter_strength,
+          # The original code's augmentation, whatever the default preset.
           min_crop_area=args.min_crop_area,
+          finetune_min_crop_area=args.min_crop_area, horizontal_flip=True,
           pretrain_image_size=args.pretrain_image_size,
           use_blur=args.use_blur, cache_dataset=args.cache_dataset,
           seed=args.seed),
