@@ -47,7 +47,8 @@ def test_quotas_reject_bad_arguments(counts, fraction, match):
 
 
 def test_small_sets_train_a_linear_classifier_on_the_frozen_encoder():
-  frozen = {"fine_tune_after_block": 4, "ft_proj_selector": 0}
+  frozen = {"fine_tune_after_block": 4, "ft_proj_selector": 0,
+            "weight_decay": 0.01}
   assert small_set.small_set_finetune(10, 10) == frozen   # digits, 1 %
   assert small_set.small_set_finetune(14, 10) == frozen
   assert small_set.small_set_finetune(49, 10) == frozen
@@ -68,13 +69,14 @@ def _finetune_config(**train):
 def test_resolve_freezes_small_sets_unless_the_user_chose():
   cfg = _finetune_config()
   small = small_set.resolve_small_set_finetune(cfg, 14)
-  assert (small.train.fine_tune_after_block, small.head.ft_proj_selector) == (
-      4, 0)
+  assert (small.train.fine_tune_after_block, small.head.ft_proj_selector,
+          small.optimizer.weight_decay) == (4, 0, 0.01)
+  assert small.model == cfg.model and small.data == cfg.data
   assert small_set.resolve_small_set_finetune(cfg, 144) == cfg
   kept = small_set.resolve_small_set_finetune(
-      cfg, 14, explicit={"ft_proj_selector"})
-  assert (kept.train.fine_tune_after_block, kept.head.ft_proj_selector) == (
-      4, 1)
+      cfg, 14, explicit={"ft_proj_selector", "weight_decay"})
+  assert (kept.train.fine_tune_after_block, kept.head.ft_proj_selector,
+          kept.optimizer.weight_decay) == (4, 1, cfg.optimizer.weight_decay)
   supervised = dataclasses.replace(
       cfg, train=dataclasses.replace(cfg.train, train_mode="supervised"))
   assert small_set.resolve_small_set_finetune(supervised, 14) == supervised
