@@ -17,7 +17,9 @@ epochs, seeds 0/1/2):
   class exactly within a few steps and generalises worse than the frozen
   features. Above the threshold the paper's recipe applies unchanged (whole
   network, from the first projection layer): ImageNet's 1 % subset holds
-  about 13 images per class.
+  about 13 images per class. Digits, median top-1: 14 labels, frozen linear
+  0.721 (raw pixels 0.607); 144 labels, whole network 0.930 against frozen
+  linear 0.911.
 """
 
 from __future__ import annotations
