@@ -175,7 +175,7 @@ def test_two_replica_run(tmp_path, two_cpu_strategy, memory_size):
   assert 0.0 < results["knn_top_1_accuracy"] <= 1.0
   # One input pipeline keeps the source's order, so the raw-pixel baseline
   # is matched to the gathered features; raw digits pixels probe well.
-  assert results["probe_0.1_num_labels"] == 143
+  assert results["probe_0.1_num_labels"] == 144
   assert results["probe_0.1_raw_pixels_top_1"] > 0.8
   summary = [l for l in lines if l.startswith("summary: ")]
   assert summary == [f"summary: {evaluation.probe_summary(results)}"]
@@ -404,7 +404,7 @@ def test_pretrain_finetune_supervised_distill_chain(tmp_path):
 
   finetuned, lines = stage("finetune", checkpoint=str(pretrain_dir),
                            fine_tune_after_block=2)
-  assert any("143 examples" in l or "143" in l for l in lines), lines[:5]
+  assert any("144 of 1438" in l for l in lines), lines[:5]
   assert finetuned["global_step"] == 2
   assert 0 <= finetuned["label_top_1_accuracy"] <= 1
   supervised, _ = stage("supervised")

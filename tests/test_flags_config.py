@@ -110,7 +110,7 @@ def test_supervised_stages_derive_batch_and_length_unless_flags_are_given(
 def test_digits_recipe_is_the_default_preset_for_any_dataset(parse):
   cfg = parse()
   assert not cfg.data.horizontal_flip
-  assert cfg.data.finetune_min_crop_area == 0.4
+  assert cfg.data.finetune_min_crop_area == 0.7
   assert cfg.train.knn_eval
   assert cfg.train.probe_label_fractions == (0.01, 0.1, 1.0)
   assert cfg.train.train_epochs == 60.0
@@ -120,7 +120,7 @@ def test_digits_recipe_is_the_default_preset_for_any_dataset(parse):
   # says which preset applies.
   cfg = parse("--dataset=cifar10")
   assert not cfg.data.horizontal_flip and cfg.train.knn_eval
-  assert cfg.data.finetune_min_crop_area == 0.4
+  assert cfg.data.finetune_min_crop_area == 0.7
   assert presets.dataset_note(cfg) == (
       "note: preset digits_cpu (made for --dataset=digits) applies to "
       "--dataset=cifar10; its values are kept where no flag is given "

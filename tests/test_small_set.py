@@ -7,6 +7,7 @@ import pytest
 
 from tf_simclr import configs
 from tf_simclr.data import sources
+from tf_simclr.data import subsets
 from tf_simclr.training import small_set
 
 
@@ -14,25 +15,25 @@ def test_quotas_count_the_fraction_of_the_whole_split():
   # The embedded digits' training split: 1 % is 14 examples, not 10.
   _, labels = sources.DigitsSource().example_index("train")
   counts = np.bincount(labels)
-  quotas = small_set.class_quotas(counts, 0.01)
+  quotas = subsets.class_quotas(counts, 0.01)
   assert quotas.sum() == 14
   assert set(quotas.tolist()) == {1, 2}
   # The four extra examples go to the largest remainders (largest classes).
   assert np.all(counts[quotas == 2] >= counts[quotas == 1].max())
-  assert small_set.class_quotas(counts, 0.1).sum() == 144
+  assert subsets.class_quotas(counts, 0.1).sum() == 144
 
 
 def test_quotas_spread_by_largest_remainder_and_keep_one_per_class():
   np.testing.assert_array_equal(
-      small_set.class_quotas([100, 90, 80, 70, 60, 50, 40, 30, 20, 10], 0.1),
+      subsets.class_quotas([100, 90, 80, 70, 60, 50, 40, 30, 20, 10], 0.1),
       [10, 9, 8, 7, 6, 5, 4, 3, 2, 1])
   # 0.1 * [15, 15, 15]: 4.5 in all -> 4 (round half to even); the one extra
   # example goes to the first of the tied remainders.
-  np.testing.assert_array_equal(small_set.class_quotas([15, 15, 15], 0.1),
+  np.testing.assert_array_equal(subsets.class_quotas([15, 15, 15], 0.1),
                                 [2, 1, 1])
-  np.testing.assert_array_equal(small_set.class_quotas([100, 1, 1], 0.01),
+  np.testing.assert_array_equal(subsets.class_quotas([100, 1, 1], 0.01),
                                 [1, 1, 1])
-  np.testing.assert_array_equal(small_set.class_quotas([3, 2], 1.0), [3, 2])
+  np.testing.assert_array_equal(subsets.class_quotas([3, 2], 1.0), [3, 2])
 
 
 @pytest.mark.parametrize("counts, fraction, match", [
@@ -43,7 +44,7 @@ def test_quotas_spread_by_largest_remainder_and_keep_one_per_class():
 ])
 def test_quotas_reject_bad_arguments(counts, fraction, match):
   with pytest.raises(ValueError, match=match):
-    small_set.class_quotas(counts, fraction)
+    subsets.class_quotas(counts, fraction)
 
 
 def test_small_sets_train_a_linear_classifier_on_the_frozen_encoder():

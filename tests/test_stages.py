@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+import tf_simclr
 from tf_simclr import configs
 from tf_simclr.training import stages
 
@@ -36,7 +37,8 @@ def test_each_stage_builds_its_own_model():
       head=configs.HeadConfig(proj_out_dim=8,
                               lineareval_while_pretraining=False),
       data=configs.DataConfig(image_size=16),
-      train=configs.TrainConfig(fine_tune_after_block=4))
+      train=configs.TrainConfig(train_mode="finetune",
+                                fine_tune_after_block=4))
   pretrained = stages.get("pretrain").build_model(cfg, replicas=1)
   assert pretrained.supervised_head is None
   finetuned = stages.get("finetune").build_model(cfg, replicas=1)
@@ -56,3 +58,29 @@ def test_each_stage_builds_its_own_model():
   for a, b in zip(encoder.backbone.variables, pretrained.backbone.variables):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
   assert stages.get("finetune").build_extras(with_memory, finetuned, 1) == {}
+
+
+def test_finetune_stage_fits_a_frozen_linear_classifier_to_a_tiny_labelled_set():
+  cfg = tf_simclr.presets.get("digits_cpu").config("finetune", checkpoint="/x")
+  cfg = dataclasses.replace(cfg, head=dataclasses.replace(cfg.head,
+                                                          num_classes=10))
+  stage = stages.get("finetune")
+  # 1 % of the digits: 14 labels, 1.4 per class.
+  small = stage.fit_to_data(cfg, 14)
+  assert (small.train.fine_tune_after_block, small.head.ft_proj_selector,
+          small.optimizer.weight_decay) == (4, 0, 0.01)
+  # 10 %: 144 labels, the preset's whole-network fine-tune.
+  assert stage.fit_to_data(cfg, 144) == cfg
+  # A value given explicitly wins over the rule.
+  explicit = tf_simclr.presets.get("digits_cpu").config(
+      "finetune", checkpoint="/x", ft_proj_selector=1)
+  explicit = dataclasses.replace(
+      explicit, head=dataclasses.replace(explicit.head, num_classes=10))
+  fitted = stage.fit_to_data(explicit, 14)
+  assert (fitted.train.fine_tune_after_block, fitted.head.ft_proj_selector,
+          fitted.optimizer.weight_decay) == (4, 1, 0.01)
+  # Other stages leave the config as it is.
+  supervised = dataclasses.replace(
+      cfg, train=dataclasses.replace(cfg.train, train_mode="supervised",
+                                     checkpoint=None))
+  assert stages.get("supervised").fit_to_data(supervised, 14) == supervised

@@ -130,7 +130,10 @@ def _digits_cpu() -> Preset:
           "dataclasses' defaults."),
       # Pretraining is the dataclasses' defaults (configs.py says why).
       common={},
-      stages={"finetune": {**supervised, "ft_proj_selector": 1},
+      # The pretraining run's linear-eval head saw every label: a fine-tune
+      # on a subset starts its classifier from zero instead.
+      stages={"finetune": {**supervised, "ft_proj_selector": 1,
+                           "zero_init_logits_layer": True},
               "supervised": supervised,
               "distill": supervised})
 

@@ -135,7 +135,9 @@ def describe(model: simclr_model.SimCLRModel) -> str:
 def model_from_config(cfg: configs.ExperimentConfig,
                       image_size: Optional[int] = None,
                       replicas: int = 1,
-                      freeze: bool = True) -> simclr_model.SimCLRModel:
+                      freeze: bool = True,
+                      train_mode: Optional[str] = None
+                      ) -> simclr_model.SimCLRModel:
   """The model of `cfg`'s stage, built, with initial weights.
 
   Args:
@@ -148,11 +150,12 @@ def model_from_config(cfg: configs.ExperimentConfig,
     freeze: freeze the blocks a fine-tuning run froze
       (`fine_tune_after_block`), so that the model (and its export) has the
       trainable variables the run had.
+    train_mode: the stage whose model to build; default `cfg.train.train_mode`.
   """
   # Synchronised BN across one replica only adds collectives.
   model_cfg = dataclasses.replace(
       cfg.model, global_bn=cfg.model.global_bn and replicas > 1)
-  train_mode = cfg.train.train_mode
+  train_mode = train_mode or cfg.train.train_mode
   frozen = (cfg.train.fine_tune_after_block
             if freeze and train_mode == builder.TRAIN_MODE_FINETUNE else -1)
   model = builder.build_model(model_cfg, cfg.head, train_mode,

@@ -221,7 +221,8 @@ def _resolve(cfg: configs.ExperimentConfig, stage: stages.Stage,
   num_train = train_source.num_examples(train_split)
   cfg = dataclasses.replace(
       cfg, head=dataclasses.replace(cfg.head, num_classes=source.num_classes))
-  cfg = resolve_batch_size(cfg, num_train, replicas)
+  cfg = stage.fit_to_data(resolve_batch_size(cfg, num_train, replicas),
+                          num_train)
   t = cfg.train
   strategy_lib.check_global_batch(t.train_batch_size, strategy)
   schedule = compute_schedule(cfg, num_train, print_fn)

@@ -78,3 +78,4 @@ class FinetuneTrainer(common.StepTrainer):
   def replica_step(self, batch) -> dict[str, tf.Tensor]:
     """One replica's whole step (what `strategy.run` runs); returns its stats."""
     gradients, stats = self._forward_backward(batch["image"], batch["label"])
+    return self._apply(gradients, stats)

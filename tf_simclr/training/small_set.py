@@ -1,14 +1,10 @@
 """Fine-tuning choices derived from the size of the labelled set.
 
-Two rules, both measured on the embedded digits (R18 x0.25 pretrained for 60
+(How many examples a label fraction keeps is `data.subsets.class_quotas`.)
+
+One rule, measured on the embedded digits (R18 x0.25 pretrained for 60
 epochs, seeds 0/1/2):
 
-* `class_quotas`: how many examples of each class a `label_fraction` keeps.
-  The total is round(fraction x split size), as the paper's ImageNet 1 % and
-  10 % subsets count it, spread over the classes in proportion to their size
-  (largest remainder), at least one per class. Rounding each class on its own
-  instead gives 10 digits (1 per class, 0.7 %) for 1 % of 1,438; this rule
-  gives 14.
 * `small_set_finetune`: with fewer than `FROZEN_BELOW_LABELS_PER_CLASS`
   labelled examples per class, fine-tuning trains a linear classifier on the
   frozen encoder output, with weight decay on its kernel (the linear probe's
@@ -25,7 +21,7 @@ epochs, seeds 0/1/2):
 from __future__ import annotations
 
 import dataclasses
-from typing import Collection, Sequence
+from typing import Collection
 
 import numpy as np
 
@@ -51,45 +47,6 @@ def _check_count(name: str, value) -> int:
       value < 1):
     raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
   return int(value)
-
-
-def class_quotas(class_counts: Sequence[int], fraction: float) -> np.ndarray:
-  """Examples to keep per class so that `fraction` of the split is kept.
-
-  Args:
-    class_counts: examples of each class in the split (all >= 1).
-    fraction: share of the split to keep, in (0, 1].
-
-  Returns:
-    int64 array aligned with `class_counts`: each class gets the floor of
-    its share (at least 1, at most its count); the examples still missing to
-    round(fraction * total) go one each to the classes with the largest
-    remainders, ties to the lower class index. The sum exceeds that total
-    only where the one-per-class minimum forces it.
-
-  Raises:
-    ValueError: if `fraction` is outside (0, 1] or a count is below 1.
-  """
-  if isinstance(fraction, bool) or not 0.0 < fraction <= 1.0:
-    raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-  counts = np.asarray(class_counts)
-  if counts.ndim != 1 or not len(counts):
-    raise ValueError(
-        f"class_counts must be a non-empty list of counts, got {class_counts!r}")
-  for count in counts.tolist():
-    _check_count("every class count", count)
-  counts = counts.astype(np.int64)
-  total = max(len(counts), int(round(fraction * counts.sum())))
-  exact = fraction * counts
-  quotas = np.clip(np.floor(exact).astype(np.int64), 1, counts)
-  # Largest remainder first; a stable sort keeps lower class indices first.
-  order = np.argsort(-(exact - np.floor(exact)), kind="stable")
-  for k in order:
-    if quotas.sum() >= total:
-      break
-    if quotas[k] < counts[k]:
-      quotas[k] += 1
-  return quotas
 
 
 def labels_per_class(num_labelled: int, num_classes: int) -> float:

@@ -42,6 +42,7 @@ from tf_simclr.training import finetune
 from tf_simclr.training import optimizer as optimizer_lib
 from tf_simclr.training import precision
 from tf_simclr.training import pretrain
+from tf_simclr.training import small_set
 
 if TYPE_CHECKING:
   from tf_simclr.training import experiment
@@ -92,13 +93,24 @@ class Stage:
     del cfg, print_fn
     return source
 
+  def fit_to_data(self, cfg: configs.ExperimentConfig,
+                  num_train: int) -> configs.ExperimentConfig:
+    """`cfg` with what the training set's size decides filled in.
+
+    Called once `head.num_classes` and the batch are known, before the model
+    is built; a value the user gave explicitly (`cfg.overrides`) stays.
+    """
+    del num_train
+    return cfg
+
   # --------------------------------------------------------------------------
   # Model, optimizer and other checkpointed objects
 
   def build_model(self, cfg: configs.ExperimentConfig,
                   replicas: int) -> keras.Model:
     """The stage's SimCLRModel, built (variables created) at image_size."""
-    return loading.model_from_config(cfg, replicas=replicas)
+    return loading.model_from_config(cfg, replicas=replicas,
+                                     train_mode=self.name)
 
   def build_optimizer(self, cfg: configs.ExperimentConfig,
                       schedule: "experiment.Schedule"
@@ -475,7 +487,12 @@ class _LabelledStage(Stage):
 @register(builder.TRAIN_MODE_FINETUNE)
 class FinetuneStage(_LabelledStage):
   """Supervised training warm-started from a pretrained model, with the
-  backbone frozen through `fine_tune_after_block`."""
+  backbone frozen through `fine_tune_after_block`; below a few labels per
+  class, a linear classifier on the frozen encoder (`small_set`)."""
+
+  def fit_to_data(self, cfg, num_train):
+    return small_set.resolve_small_set_finetune(cfg, num_train,
+                                                explicit=cfg.overrides)
 
 
 @register(builder.TRAIN_MODE_SUPERVISED)
