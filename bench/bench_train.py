@@ -114,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "pipeline out of the step time")
   p.add_argument("--distribution", choices=("mirrored", "one_device"),
                  default="mirrored")
-  p.add_argument("--fused_bn", type=_on_off, default=False,
+  p.add_argument("--fused_bn", type=_on_off, default=True,
                  help="training-mode 4-D batch norms through the fused kernel "
-                 "(same maths; off, the library default, is the unfused "
+                 "(same maths; on is the library default, off the unfused "
                  "Keras graph the original code runs)")
   p.add_argument("--precision", default="float32",
                  choices=("float32", "mixed_bfloat16", "mixed_float16"),

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The five configurations the original SimCLR TF2 code was measured on
 # (issue 3), each an A/B pair back to back. R18: unfused batch norm (the
-# library default and the original code's graph) against the fused kernel
-# (same maths). R50: fused kernel, without and with block groups 1-2
+# original code's graph) against the fused kernel (same maths, the library
+# default). R50: fused kernel, without and with block groups 1-2
 # recomputed in the backward pass (same maths, much less memory).
 # JSON lines go to OUT (default bench/results/cpu2_<date>.jsonl); the ratio
 # lines to standard output. Needs a quiet machine: about 25 minutes on 2 cores.

@@ -72,7 +72,9 @@ class Configuration:
     return ", ".join(parts)
 
 
-_R50_MEMORY = ("--fused_bn=on", "--recompute_block_groups=2")
+# README recommends recomputing block groups 1-2 for ResNet-50 on CPU: its
+# activations dominate peak memory there. Fused batch norm is the default.
+_R50_MEMORY = ("--recompute_block_groups=2",)
 
 CONFIGURATIONS = {
     "r18_pretrain": Configuration("pretrain", 18, 0.0, 32, 256, False),

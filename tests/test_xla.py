@@ -38,8 +38,12 @@ from tf_simclr.training import pretrain
 SIZE = 16
 BATCH = 8
 CLASSES = 4
+# The unfused batch-norm graph: XLA's expansion of the fused kernel and
+# oneDNN's fused kernel round a cancelling gamma gradient differently (1.2e-3
+# relative), above TENSOR_RTOL. The fused kernel is compared with the unfused
+# graph in test_batch_norm.py.
 MODEL = configs.ModelConfig(resnet_depth=18, width_multiplier=0.0625,
-                            global_bn=False)
+                            global_bn=False, fused_batch_norm=False)
 HEAD = configs.HeadConfig(proj_out_dim=16, num_classes=CLASSES)
 # Relative to the largest magnitude of each compared tensor (see above).
 RTOL = 1e-4

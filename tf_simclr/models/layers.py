@@ -132,12 +132,12 @@ class BatchNormalization(keras.layers.BatchNormalization):
   because it raises epsilon to 1.001e-5 and its moving variance goes through
   a Bessel add/remove round trip that shifts it by ~1e-4 relative.
 
-  Off by default. On this project's CPU (oneDNN, bench/RESULTS.md) the fused
-  kernel made R50 pretraining 1.20x-1.37x faster at about the same peak RSS,
-  but R18 training only 1.01x-1.04x faster at +0.33-0.76 GB peak RSS, which
-  would lift R18 above the original code's memory; the unfused graph (the
-  original code's) is therefore the default (`--fused_batch_norm` turns the
-  kernel on for a whole backbone).
+  Experiments turn it on (`ModelConfig.fused_batch_norm`): the unfused graph
+  (the original code's) spends about a fifth of a CPU training step on the
+  element-wise passes of its mean, variance and normalisation and their
+  gradients, which the fused kernel does in one pass each way
+  (bench/RESULTS.md). The layer's own default stays off so that a bare layer
+  builds the original graph.
 
   Synchronised (cross-replica) statistics, other ranks, inference and
   symbolic `training` values take the unfused Keras path.
