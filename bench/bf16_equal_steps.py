@@ -322,6 +322,8 @@ def comparison_rows(runs: Mapping[str, dict], window: int) -> list[dict]:
 
 
 def format_table(rows: Sequence[dict]) -> str:
+  """A Markdown table of `comparison_rows`; "(floor)" marks a noise that is
+  the floor rather than the seed difference."""
   lines = ["| metric | steps | float32 s0 | bf16 s0 | float32 s1 | "
            "\\|bf16-fp32\\| | noise | within? |",
            "|---|---|---|---|---|---|---|---|"]
@@ -351,7 +353,16 @@ def warmup_epochs(warmup_steps: int, num_train: int, batch_size: int) -> float:
 
 def run_py_flags(args, data_dir: str, num_train: int, precision: str,
                  seed: int, model_dir: str) -> list[str]:
-  """Every flag of the recipe, explicit, so no preset default changes it."""
+  """Every flag of the recipe, explicit, so no preset default changes it.
+
+  Args:
+    args: this script's parsed flags (the recipe).
+    data_dir: the image folder to train and evaluate on.
+    num_train: its training images (for the warm-up in epochs).
+    precision: run.py's --precision.
+    seed: run.py's --seed (data order, augmentation and initialisation).
+    model_dir: where the run writes checkpoints, summaries and result.json.
+  """
   warmup = int(round(args.warmup_fraction * args.train_steps))
   return [
       "--preset=cifar10_simclr", "--train_mode=pretrain",
@@ -417,6 +428,8 @@ def run_one(args, name: str, precision: str, seed: int, data_dir: str,
   return {"run": name, "precision": precision, "seed": seed,
           "command": command, "wall_seconds": round(wall, 1),
           "train_seconds": train_seconds,
+          # Tracing and the pipeline's start included; the steady time is
+          # read from the summaries after the runs.
           "seconds_per_step": (train_seconds / args.train_steps
                                if train_seconds is not None else None),
           "warmup_steps": int(warmup.group(1)) if warmup else None,
@@ -531,7 +544,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f"  {name:11s} {precision:14s} seed {seed}: wall "
             f"{record['wall_seconds']:.0f} s, training "
             f"{record['train_seconds'] or float('nan'):.0f} s "
-            f"({per_step or float('nan'):.2f} s/step), warm-up "
+            f"({per_step or float('nan'):.2f} s/step with tracing), warm-up "
             f"{record['warmup_steps']} steps, {TOP_1} "
             f"{record['result'].get(TOP_1, float('nan')):.4f}", flush=True)
       emit({"bench": "bf16_equal_steps", "kind": "run", "machine": machine,
