@@ -493,6 +493,10 @@ def _check_args(args) -> None:
     raise ValueError(
         f"--window ({args.window}) must be a multiple of --steps_per_loop "
         f"({args.steps_per_loop}): a summary point covers one loop")
+  for split in ("train", "test"):
+    if not os.path.isdir(os.path.join(args.data_dir, split)):
+      raise ValueError(f"--data_dir {args.data_dir!r} has no {split}/ folder "
+                       "(expected ROOT/train|test/<class>/*.jpg)")
   if not 0 <= args.warmup_fraction < 1:
     raise ValueError(
         f"--warmup_fraction must be in [0, 1), got {args.warmup_fraction}")
