@@ -1,8 +1,9 @@
 """Time to accuracy: linear-eval top-1 after a fixed wall-clock budget.
 
   python bench/time_to_accuracy.py --original_dir=PATH/simclr/tf2 \
-      --data_dir=PATH/cifar10 [--budget_minutes=20] [--which=original,ours,fast] \
-      [--fast_flags="--width_multiplier=0.25 ..."] [--out=FILE.jsonl]
+      --data_dir=PATH/cifar10 [--budget_minutes=20] \
+      [--which=original,ours,fast] [--fast_flags="--width_multiplier=..."] \
+      [--out=FILE.jsonl]
 
 Three recipes pretrain on the same image folder (`ROOT/<split>/<class>/*.jpg`),
 one process at a time on this machine, each for the same wall-clock budget:
@@ -41,8 +42,10 @@ checkpoint evaluated (flagged in the output). Calibration time is not counted.
 Printed: the CPU model and its vector extensions, the fast recipe and why,
 one line per run (recipe, steps done, training wall, evaluation wall, top-1),
 then a markdown table; every run goes to `--out` as a JSON line.
-For a smoke test: a tiny image folder, `--budget_minutes=1`, `--batch_size=8`,
-`--width_multiplier=0.0625`, `--image_size=16`, `--eval_steps=1`.
+For a smoke test: a tiny image folder (a few images per class in each split),
+`--budget_minutes=1 --batch_size=8 --width_multiplier=0.0625 --eval_steps=1
+--eval_batch_size=8 --calibration_seconds=5`. The image size stays 32: the
+original code evaluates only at the images' own size.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ from typing import Optional, Sequence
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from side_by_side import cpu_description  # noqa: E402  pylint: disable=wrong-import-position
+from side_by_side import cpu_description  # noqa: E402
 
 RECIPES = ("original", "ours", "fast")
 
@@ -152,7 +155,8 @@ def fit_step_time(checkpoints: dict[int, float],
 
 def plan_steps(budget_seconds: float, step_seconds: float,
                overhead_seconds: float, safety: float = 0.95,
-               checkpoints: int = 20) -> tuple[int, int]:
+               checkpoints: int = 20,
+               min_period: int = 1) -> tuple[int, int]:
   """Training steps that fit the budget, and the checkpoint period.
 
   Args:
@@ -163,6 +167,8 @@ def plan_steps(budget_seconds: float, step_seconds: float,
     checkpoints: about this many checkpoints per run; the steps are rounded
       down to a multiple of the period (the original code's loop runs whole
       periods, so it would overshoot otherwise).
+    min_period: the calibration's checkpoint period: saving more often than
+      it did would cost more per step than was measured.
 
   Returns:
     (train_steps, checkpoint_steps), train_steps a multiple of the period.
@@ -175,12 +181,18 @@ def plan_steps(budget_seconds: float, step_seconds: float,
     raise ValueError(f"safety must be in (0, 1], got {safety!r}")
   if checkpoints < 1:
     raise ValueError(f"checkpoints must be >= 1, got {checkpoints!r}")
+  if min_period < 1:
+    raise ValueError(f"min_period must be >= 1, got {min_period!r}")
   steps = int((budget_seconds - overhead_seconds) * safety // step_seconds)
   if steps < 1:
     raise ValueError(
         f"budget_seconds={budget_seconds:g}: no step fits after "
         f"{overhead_seconds:.0f} s of start-up at {step_seconds:.2f} s/step")
-  period = max(1, steps // checkpoints)
+  period = max(min_period, steps // checkpoints)
+  if steps < period:
+    raise ValueError(
+        f"budget_seconds={budget_seconds:g}: {steps} step(s) fit, fewer than "
+        f"one checkpoint period of {period}")
   return steps // period * period, period
 
 
@@ -295,10 +307,12 @@ class Recipe:
     name: one of RECIPES.
     args: the parsed command line.
     extra: flags after the recipe's own (the fast flags).
+    why: why those flags (printed and recorded).
   """
 
-  def __init__(self, name: str, args, extra: Sequence[str] = ()):
-    self.name, self.args, self.extra = name, args, list(extra)
+  def __init__(self, name: str, args, extra: Sequence[str] = (),
+               why: str = ""):
+    self.name, self.args, self.extra, self.why = name, args, list(extra), why
 
   @property
   def original(self) -> bool:
@@ -311,8 +325,6 @@ class Recipe:
     flags = base + self.extra
     if a.batch_size:
       flags.append(f"--train_batch_size={a.batch_size}")
-    if a.image_size:
-      flags.append(f"--image_size={a.image_size}")
     if a.width_multiplier and not self.original:
       flags.append(f"--width_multiplier={a.width_multiplier:g}")
     return flags
@@ -377,7 +389,7 @@ def run_recipe(recipe: Recipe, work: str, num_examples: int) -> dict:
   try:
     step_seconds, overhead = fit_step_time(cal["checkpoints"])
     steps, period = plan_steps(budget, step_seconds, overhead, a.safety,
-                               a.checkpoints)
+                               a.checkpoints, min_period=k_cal)
   except ValueError as e:
     raise RuntimeError(f"{recipe.name}: calibration: {e}\n"
                        + _tail(cal_dir + ".log")) from e
@@ -413,6 +425,7 @@ def run_recipe(recipe: Recipe, work: str, num_examples: int) -> dict:
     result = json.load(f)
   return {
       "recipe": recipe.name, "flags": recipe.flags(),
+      "extra_flags": recipe.extra, "why": recipe.why,
       "budget_seconds": budget,
       "calibration": {"steps_per_window": k_cal,
                       "checkpoints": {str(k): round(v, 2) for k, v in
@@ -425,20 +438,43 @@ def run_recipe(recipe: Recipe, work: str, num_examples: int) -> dict:
       "batch_size": batch, "steps_done": done,
       "images_seen": done * batch,
       "train_seconds": round(train["seconds"], 1),
-      "stopped_at_budget": train["killed"],
+      # Killed at budget + overrun: before its last planned step, or after
+      # it (then only the exit was cut short).
+      "stopped_at_budget": train["killed"] and done < steps,
+      "killed_after_last_step": train["killed"] and done >= steps,
       "eval_seconds": round(evaluation["seconds"], 1),
       "eval_global_step": int(result.get("global_step", -1)),
       "top1": linear_eval_top1(result),
   }
 
 
+def format_line(r: dict) -> str:
+  """One run in one line: recipe, steps, walls, top-1."""
+  note = (" STOPPED AT BUDGET" if r["stopped_at_budget"] else
+          " (killed at the budget after its last step)"
+          if r["killed_after_last_step"] else "")
+  return (f"  {r['recipe']:8s} {r['steps_done']}/{r['train_steps']} steps of "
+          f"batch {r['batch_size']} (calibrated "
+          f"{r['calibration']['seconds_per_step']:.2f} s/step), training "
+          f"{r['train_seconds']:.0f} s{note}, eval {r['eval_seconds']:.0f} s, "
+          f"linear-eval top-1 {r['top1']:.4f}")
+
+
 def format_table(records: Sequence[dict]) -> str:
-  lines = ["| recipe | steps (batch) | s/step (calibrated) | training wall | "
-           "eval wall | linear-eval top-1 |", "|---|---|---|---|---|---|"]
+  """Markdown table of the runs, one row each."""
+  described = {"original": "original code, its README's CIFAR-10 recipe",
+               "ours": "tf_simclr, the same recipe"}
+  lines = ["| recipe | steps done/planned (batch) | s/step (calibrated) | "
+           "training wall | eval wall | linear-eval top-1 |",
+           "|---|---|---|---|---|---|"]
   for r in records:
-    stopped = " (stopped at budget)" if r["stopped_at_budget"] else ""
+    stopped = (" (stopped at budget)" if r["stopped_at_budget"] else
+               " (killed after its last step)"
+               if r["killed_after_last_step"] else "")
+    what = described.get(r["recipe"]) or (
+        "tf_simclr, the same recipe + `" + " ".join(r["extra_flags"]) + "`")
     lines.append(
-        f"| {r['recipe']} | {r['steps_done']}/{r['train_steps']} "
+        f"| {r['recipe']}: {what} | {r['steps_done']}/{r['train_steps']} "
         f"({r['batch_size']}) | {r['calibration']['seconds_per_step']:.2f} | "
         f"{r['train_seconds']:.0f} s of {r['budget_seconds']:.0f} s{stopped} | "
         f"{r['eval_seconds']:.0f} s | **{r['top1']:.4f}** |")
@@ -482,8 +518,6 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--eval_timeout_minutes", type=float, default=30.0)
   p.add_argument("--batch_size", type=int, default=0,
                  help="smoke tests: training batch of every recipe")
-  p.add_argument("--image_size", type=int, default=0,
-                 help="smoke tests: image size of every recipe")
   p.add_argument("--width_multiplier", type=float, default=0.0,
                  help="smoke tests: tf_simclr's width (ours and fast; the "
                  "original supports whole widths only)")
@@ -529,17 +563,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   recipes = []
   for name in names:
     extra: list[str] = []
+    why = ""
     if name == "fast":
       if args.fast_flags is None:
         extra, why = default_fast_flags(_native_bfloat16(args.python))
         print(f"fast recipe (default): {' '.join(extra)}\n  why: {why}",
               flush=True)
       else:
-        extra = shlex.split(args.fast_flags)
+        extra, why = shlex.split(args.fast_flags), "given by --fast_flags"
         print(f"fast recipe (--fast_flags): {' '.join(extra)}", flush=True)
-    recipes.append(Recipe(name, args, extra))
+    recipes.append(Recipe(name, args, extra, why))
 
-  out = open(args.out, "a") if args.out else None  # pylint: disable=consider-using-with
+  # pylint: disable-next=consider-using-with
+  out = open(args.out, "a") if args.out else None
   work = args.work_dir or tempfile.mkdtemp(prefix="time_to_accuracy_")
   os.makedirs(work, exist_ok=True)
   records, status = [], 0
@@ -555,13 +591,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         continue
       record.update(machine=machine, started=started)
       records.append(record)
-      print(f"  {record['recipe']:8s} {record['steps_done']}/"
-            f"{record['train_steps']} steps of batch {record['batch_size']} "
-            f"(calibrated {record['calibration']['seconds_per_step']:.2f} "
-            f"s/step), training {record['train_seconds']:.0f} s"
-            f"{' STOPPED AT BUDGET' if record['stopped_at_budget'] else ''}, "
-            f"eval {record['eval_seconds']:.0f} s, "
-            f"linear-eval top-1 {record['top1']:.4f}", flush=True)
+      print(format_line(record), flush=True)
       if out:
         out.write(json.dumps(record) + "\n")
         out.flush()

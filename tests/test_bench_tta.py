@@ -8,7 +8,7 @@ import sys
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
-import time_to_accuracy as tta  # noqa: E402  pylint: disable=wrong-import-position
+import time_to_accuracy as tta  # noqa: E402
 
 
 def test_fit_step_time_leaves_out_the_first_window():
@@ -30,6 +30,10 @@ def test_plan_steps_fits_the_budget_in_whole_checkpoint_periods():
   assert tta.plan_steps(60, 10.0, 5.0, safety=1.0, checkpoints=20) == (5, 1)
   with pytest.raises(ValueError, match="budget_seconds=60"):
     tta.plan_steps(60, 10.0, 55.0)
+  # Never saves more often than the calibration did.
+  assert tta.plan_steps(60, 10.0, 5.0, safety=1.0, min_period=2) == (4, 2)
+  with pytest.raises(ValueError, match="checkpoint period"):
+    tta.plan_steps(60, 10.0, 45.0, safety=1.0, min_period=2)
 
 
 @pytest.mark.parametrize("steps,examples,batch",
