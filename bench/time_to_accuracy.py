@@ -23,17 +23,21 @@ they pretrain; its top-1 on `--eval_split` (`label_top_1_accuracy` in the
 model directory's result.json, written by `--mode=eval` on the last
 checkpoint) is the accuracy reported.
 
-The budget covers training only: from starting the training process to its
-exit (interpreter start, graph building, tracing, input pipeline, every
-checkpoint save). The evaluation of the last checkpoint runs afterwards in a
-separate process of the same code, on the same split for every recipe, and is
-timed and reported but not counted (the original's evaluation also exports a
-SavedModel). The learning-rate schedule depends on the run's length, so each
+The budget covers training only: from starting the training process to the
+moment its last checkpoint is written (interpreter start, graph building,
+tracing, input pipeline and every checkpoint save included; the process's
+teardown after that is recorded as `exit_seconds`, not counted). The
+evaluation of the last checkpoint runs afterwards in a separate process of the
+same code, on the same split for every recipe, and is timed and reported but
+not counted (the original's evaluation also exports a SavedModel). The learning-rate schedule depends on the run's length, so each
 recipe first runs a calibration (same flags, checkpoints every
 `--calibration_steps_per_window` steps, stopped once `--calibration_seconds` of
 windows after the first are timed): seconds per step and the fixed start-up
 cost, fitted from the checkpoint files' times, give the number of steps whose
-whole schedule fits in the budget (times `--safety`). The recipe's 10 warm-up
+whole schedule fits in the budget (times `--safety`). Saving every few steps
+costs more per step than the run's sparser saves (about `--checkpoints` per
+run), so when the planned period is at least twice the calibration's, a second
+calibration at the planned period gives the final plan. The recipe's 10 warm-up
 epochs would outlast any such run, so every recipe warms up for
 `--warmup_fraction` of its steps, then decays (cosine) to the end. A run still
 going at the budget plus `--overrun_percent` is stopped, and its last
@@ -53,7 +57,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import re
 import shlex
@@ -258,7 +261,9 @@ def _scan_checkpoints(model_dir: str, start: float,
 
 
 def supervise(command: Sequence[str], model_dir: str, log_path: str,
-              limit_seconds: float, stop=None) -> dict:
+              limit_seconds: float, stop=None,
+              final_step: Optional[int] = None,
+              exit_grace_seconds: float = 300.0) -> dict:
   """Runs `command`, recording when each checkpoint appears.
 
   Args:
@@ -267,6 +272,10 @@ def supervise(command: Sequence[str], model_dir: str, log_path: str,
     log_path: its stdout and stderr.
     limit_seconds: killed (SIGKILL, so nothing more is written) at this wall.
     stop: optional f(checkpoints) -> bool; kills the child when true.
+    final_step: once `ckpt-<final_step>` exists the run is trained: the
+      child then gets `exit_grace_seconds` more to exit (teardown is not
+      training) before it is killed.
+    exit_grace_seconds: see final_step.
 
   Returns:
     {"status", "seconds" (start to exit or kill), "checkpoints"
@@ -281,7 +290,10 @@ def supervise(command: Sequence[str], model_dir: str, log_path: str,
                             stderr=subprocess.STDOUT, env=env, cwd=REPO)
     while proc.poll() is None:
       _scan_checkpoints(model_dir, start, seen)
-      if time.time() - start > limit_seconds or (stop and stop(seen)):
+      limit = limit_seconds
+      if final_step is not None and final_step in seen:
+        limit = max(limit, seen[final_step] + exit_grace_seconds)
+      if time.time() - start > limit or (stop and stop(seen)):
         end = time.time()
         proc.kill()
         proc.wait()
@@ -375,24 +387,48 @@ def run_recipe(recipe: Recipe, work: str, num_examples: int) -> dict:
   warmup_cal = warmup_epochs_for(0, num_examples, batch)
 
   # 1. Calibration: many steps planned, stopped once enough windows after
-  # the first are timed.
-  cal_dir = os.path.join(work, f"{recipe.name}_calibration")
-
+  # the first are timed. A save every k_cal steps costs more per step than
+  # the run's sparser saves: when the planned period is at least twice
+  # k_cal (cheap steps), calibrate once more at that period.
   def calibrated(seen: dict[int, float]) -> bool:
     steps = sorted(seen)
     return (len(steps) >= 3 and
             seen[steps[-1]] - seen[steps[0]] >= a.calibration_seconds)
 
-  cal = supervise(recipe.command(cal_dir, "train", k_cal * 100000, k_cal,
-                                 warmup_cal),
-                  cal_dir, cal_dir + ".log", budget, calibrated)
-  try:
-    step_seconds, overhead = fit_step_time(cal["checkpoints"])
-    steps, period = plan_steps(budget, step_seconds, overhead, a.safety,
-                               a.checkpoints, min_period=k_cal)
-  except ValueError as e:
-    raise RuntimeError(f"{recipe.name}: calibration: {e}\n"
-                       + _tail(cal_dir + ".log")) from e
+  calibrations = []
+  period = k_cal
+  while True:
+    cal_dir = os.path.join(work, f"{recipe.name}_calibration_{period}")
+    cal = supervise(recipe.command(cal_dir, "train", period * 100000, period,
+                                   warmup_cal),
+                    cal_dir, cal_dir + ".log", budget, calibrated)
+    try:
+      step_seconds, overhead = fit_step_time(cal["checkpoints"])
+      steps, planned_period = plan_steps(budget, step_seconds, overhead,
+                                         a.safety, a.checkpoints,
+                                         min_period=period)
+    except ValueError as e:
+      if not calibrations:
+        raise RuntimeError(f"{recipe.name}: calibration: {e}\n"
+                           + _tail(cal_dir + ".log")) from e
+      # The first calibration's plan stands (it saves more often, so its
+      # estimate errs on the short side).
+      print(f"  {recipe.name}: second calibration at {period} steps per "
+            f"window gave no estimate ({e}); planned from the first",
+            flush=True)
+      steps, period = first_plan
+      break
+    first_plan = (steps, planned_period)
+    calibrations.append({
+        "steps_per_window": period,
+        "checkpoints": {str(k): round(v, 2) for k, v in
+                        sorted(cal["checkpoints"].items())},
+        "seconds_per_step": step_seconds, "overhead_seconds": overhead,
+        "wall_seconds": round(cal["seconds"], 1)})
+    if len(calibrations) > 1 or planned_period < 2 * period:
+      period = planned_period
+      break
+    period = planned_period
   warmup_steps = int(steps * a.warmup_fraction)
   warmup = warmup_epochs_for(warmup_steps, num_examples, batch)
 
@@ -400,7 +436,8 @@ def run_recipe(recipe: Recipe, work: str, num_examples: int) -> dict:
   run_dir = os.path.join(work, recipe.name)
   train = supervise(recipe.command(run_dir, "train", steps, period, warmup),
                     run_dir, run_dir + ".train.log",
-                    budget * (1 + a.overrun_percent / 100.0))
+                    budget * (1 + a.overrun_percent / 100.0),
+                    final_step=steps)
   if not train["checkpoints"]:
     raise RuntimeError(f"{recipe.name}: no checkpoint within the budget "
                        f"(exit {train['status']}):\n"
@@ -427,17 +464,16 @@ def run_recipe(recipe: Recipe, work: str, num_examples: int) -> dict:
       "recipe": recipe.name, "flags": recipe.flags(),
       "extra_flags": recipe.extra, "why": recipe.why,
       "budget_seconds": budget,
-      "calibration": {"steps_per_window": k_cal,
-                      "checkpoints": {str(k): round(v, 2) for k, v in
-                                      sorted(cal["checkpoints"].items())},
-                      "seconds_per_step": step_seconds,
-                      "overhead_seconds": overhead,
-                      "wall_seconds": round(cal["seconds"], 1)},
+      # The last calibration planned the run; all are kept.
+      "calibration": calibrations[-1], "calibrations": calibrations,
       "train_steps": steps, "checkpoint_steps": period,
       "warmup_steps": warmup_steps, "warmup_epochs": warmup,
       "batch_size": batch, "steps_done": done,
       "images_seen": done * batch,
-      "train_seconds": round(train["seconds"], 1),
+      # Start to the last checkpoint: the trained state; what follows is
+      # teardown (exit_seconds, not counted).
+      "train_seconds": round(train["checkpoints"][done], 1),
+      "exit_seconds": round(train["seconds"] - train["checkpoints"][done], 1),
       # Killed at budget + overrun: before its last planned step, or after
       # it (then only the exit was cut short).
       "stopped_at_budget": train["killed"] and done < steps,
