@@ -29,8 +29,10 @@ tracing, input pipeline and every checkpoint save included; the process's
 teardown after that is recorded as `exit_seconds`, not counted). The
 evaluation of the last checkpoint runs afterwards in a separate process of the
 same code, on the same split for every recipe, and is timed and reported but
-not counted (the original's evaluation also exports a SavedModel). The learning-rate schedule depends on the run's length, so each
-recipe first runs a calibration (same flags, checkpoints every
+not counted (the original's evaluation also exports a SavedModel).
+
+The learning-rate schedule depends on the run's length, so each recipe first
+runs a calibration (same flags, checkpoints every
 `--calibration_steps_per_window` steps, stopped once `--calibration_seconds` of
 windows after the first are timed): seconds per step and the fixed start-up
 cost, fitted from the checkpoint files' times, give the number of steps whose
