@@ -39,6 +39,10 @@ avx512_bf16 / amx_bf16 (bfloat16 matmuls and convolutions are emulated in
 float32 without them), one line per run with its wall time, and the table;
 every run record, table row and the verdict go to `--out` as JSON lines.
 
+`--resume` with `--work_dir` continues an interrupted comparison: a run that
+finished there earlier with the same command (kept next to its log as
+`<run>.command.json`) is read instead of rerun.
+
 `--train_per_class` / `--test_per_class` shrink the data (run.py has no flag
 for a part of an image folder's split): the first N files of each class, in
 sorted order, are symlinked into a folder under the work directory.
@@ -400,23 +404,49 @@ def run_py_flags(args, data_dir: str, num_train: int, precision: str,
   ]
 
 
+def finished_with(command_path: str, result_path: str, log_path: str,
+                  command: Sequence[str]) -> bool:
+  """Whether an earlier run left its result and log, started by `command`.
+
+  Args:
+    command_path: the JSON list the earlier run's command was written to.
+    result_path: its result.json (written once evaluation finished).
+    log_path: its output.
+    command: the command this invocation would run.
+  """
+  if not all(os.path.exists(p) for p in (command_path, result_path,
+                                         log_path)):
+    return False
+  with open(command_path) as f:
+    return json.load(f) == list(command)
+
+
 def run_one(args, name: str, precision: str, seed: int, data_dir: str,
             num_train: int, num_eval: int, work_dir: str) -> dict:
   """Runs one pretraining process; returns its record (raises on failure)."""
   model_dir = os.path.join(work_dir, name)
   log_path = os.path.join(work_dir, f"{name}.log")
+  command_path = os.path.join(work_dir, f"{name}.command.json")
+  result_path = os.path.join(model_dir, "result.json")
   command = [args.python, args.run_py,
              *run_py_flags(args, data_dir, num_train, precision, seed,
                            model_dir)]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  start = time.perf_counter()
-  with open(log_path, "w") as log:
-    status = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
-                             env=env)
-  wall = time.perf_counter() - start
+  if args.resume and finished_with(command_path, result_path, log_path,
+                                   command):
+    print(f"  {name}: finished earlier with the same command, read from "
+          f"{model_dir}", flush=True)
+    status, wall, resumed = 0, None, True
+  else:
+    with open(command_path, "w") as f:
+      json.dump(command, f)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+      status = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT,
+                               env=env)
+    wall, resumed = time.perf_counter() - start, False
   with open(log_path) as f:
     output = f.read()
-  result_path = os.path.join(model_dir, "result.json")
   if status or not os.path.exists(result_path):
     raise RuntimeError(f"{name} failed (exit {status}), log {log_path}:\n"
                        + output[-3000:])
@@ -426,7 +456,9 @@ def run_one(args, name: str, precision: str, seed: int, data_dir: str,
   warmup = re.search(r"warm-up (\d+)", output)
   train_seconds = float(trained.group(2)) if trained else None
   return {"run": name, "precision": precision, "seed": seed,
-          "command": command, "wall_seconds": round(wall, 1),
+          "command": command,
+          "wall_seconds": round(wall, 1) if wall is not None else None,
+          "resumed": resumed,
           "train_seconds": train_seconds,
           # Tracing and the pipeline's start included; the steady time is
           # read from the summaries after the runs.
@@ -455,6 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
                  "temporary folder, removed at the end unless --keep")
   p.add_argument("--keep", action="store_true",
                  help="keep the temporary work folder")
+  p.add_argument("--resume", action="store_true",
+                 help="with --work_dir: read, not rerun, each run that "
+                 "finished there earlier with the same command (its wall "
+                 "time is then not known)")
   g = p.add_argument_group("recipe")
   g.add_argument("--train_steps", type=int, default=300)
   g.add_argument("--batch_size", type=int, default=256)
@@ -500,6 +536,13 @@ def _check_args(args) -> None:
   if not 0 <= args.warmup_fraction < 1:
     raise ValueError(
         f"--warmup_fraction must be in [0, 1), got {args.warmup_fraction}")
+  if args.resume and not args.work_dir:
+    raise ValueError("--resume needs --work_dir (the folder of the earlier "
+                     "runs), got none")
+
+
+def _seconds(value: Optional[float]) -> str:
+  return "unknown (resumed)" if value is None else f"{value:.0f} s"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -546,7 +589,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       runs[name] = record
       per_step = record["seconds_per_step"]
       print(f"  {name:11s} {precision:14s} seed {seed}: wall "
-            f"{record['wall_seconds']:.0f} s, training "
+            f"{_seconds(record['wall_seconds'])}, training "
             f"{record['train_seconds'] or float('nan'):.0f} s "
             f"({per_step or float('nan'):.2f} s/step with tracing), warm-up "
             f"{record['warmup_steps']} steps, {TOP_1} "

@@ -131,3 +131,51 @@ def test_rows_from_event_files(tmp_path):
   del runs["bf16_s0"]["scalars"]["train/contrast_acc"]
   with pytest.raises(ValueError, match="bf16_s0"):
     bench.comparison_rows(runs, window=2)
+
+
+_FAKE_RUN_PY = """
+import json, os, sys
+flags = dict(a[2:].split("=", 1) for a in sys.argv[1:] if "=" in a)
+os.makedirs(flags["model_dir"], exist_ok=True)
+with open(os.path.join(flags["model_dir"], "result.json"), "w") as f:
+  json.dump({"label_top_1_accuracy": 0.25, "eval_examples": 40}, f)
+with open(os.path.join(os.path.dirname(flags["model_dir"]), "calls"), "a") as f:
+  f.write(flags["seed"] + "\\n")
+print("training finished at step 4 in 3s")
+"""
+
+
+def test_resume_reads_a_finished_run_and_reruns_a_changed_one(tmp_path):
+  fake = tmp_path / "fake_run.py"
+  fake.write_text(_FAKE_RUN_PY)
+  work = tmp_path / "work"
+  work.mkdir()
+  args = bench.build_parser().parse_args(
+      ["--data_dir", str(tmp_path), "--work_dir", str(work), "--resume",
+       "--run_py", str(fake), "--train_steps=4"])
+
+  def run(seed):
+    return bench.run_one(args, "float32_s0", "float32", seed, str(tmp_path),
+                         num_train=100, num_eval=40, work_dir=str(work))
+
+  first = run(0)
+  assert not first["resumed"] and first["wall_seconds"] is not None
+  second = run(0)
+  assert second["resumed"] and second["wall_seconds"] is None
+  assert second["result"] == first["result"]
+  assert second["train_seconds"] == 3.0
+  assert (work / "calls").read_text() == "0\n"
+  # Another command (here the seed) in the same folder runs again.
+  third = run(1)
+  assert not third["resumed"]
+  assert (work / "calls").read_text() == "0\n1\n"
+  # Without --resume a finished run is always rerun.
+  args.resume = False
+  run(1)
+  assert (work / "calls").read_text() == "0\n1\n1\n"
+  (tmp_path / "train").mkdir()
+  (tmp_path / "test").mkdir()
+  args.work_dir = ""
+  args.resume = True
+  with pytest.raises(ValueError, match="--resume needs --work_dir"):
+    bench._check_args(args)
