@@ -11,14 +11,16 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
 import time_to_accuracy as tta  # noqa: E402
 
 
-def test_fit_step_time_leaves_out_the_first_window():
-  # 30 s of start-up and tracing before step 2, then 4 s per step.
-  times = {2: 30.0, 4: 38.0, 6: 46.0, 8: 54.0}
+def test_fit_step_time_leaves_out_the_first_two_windows():
+  # 30 s of start-up and tracing before step 2, a slow second window (6 s per
+  # step), then 4 s per step.
+  times = {2: 30.0, 4: 42.0, 6: 50.0, 8: 58.0, 10: 66.0}
   step_seconds, overhead = tta.fit_step_time(times)
   assert step_seconds == pytest.approx(4.0)
-  assert overhead == pytest.approx(54.0 - 8 * 4.0)
+  assert overhead == pytest.approx(66.0 - 10 * 4.0)
+  assert tta.fit_step_time(times, warmup_windows=1)[0] == pytest.approx(4.5)
   with pytest.raises(ValueError, match="calibration_seconds"):
-    tta.fit_step_time({2: 30.0})
+    tta.fit_step_time({2: 30.0, 4: 42.0})
 
 
 def test_plan_steps_fits_the_budget_in_whole_checkpoint_periods():
