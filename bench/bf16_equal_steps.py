@@ -437,6 +437,10 @@ def run_one(args, name: str, precision: str, seed: int, data_dir: str,
           f"{model_dir}", flush=True)
     status, wall, resumed = 0, None, True
   else:
+    # A result left by an earlier command must not pass for this run's, even
+    # if this one fails before writing its own.
+    if os.path.exists(result_path):
+      os.remove(result_path)
     with open(command_path, "w") as f:
       json.dump(command, f)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")

@@ -34,8 +34,8 @@ not counted (the original's evaluation also exports a SavedModel).
 The learning-rate schedule depends on the run's length, so each recipe first
 runs a calibration (same flags, checkpoints every
 `--calibration_steps_per_window` steps, stopped once at least three windows
-and `--calibration_seconds` after the first two are timed): seconds per step and the fixed start-up
-cost, fitted from the checkpoint files' times, give the number of steps whose
+and `--calibration_seconds` after the first two are timed): seconds per step
+and the fixed start-up cost, fitted from the checkpoint files' times, give the number of steps whose
 whole schedule fits in the budget (times `--safety`). Saving every few steps
 costs more per step than the run's sparser saves (about `--checkpoints` per
 run), so when the planned period is at least twice the calibration's, a second

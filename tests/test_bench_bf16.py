@@ -169,6 +169,12 @@ def test_resume_reads_a_finished_run_and_reruns_a_changed_one(tmp_path):
   third = run(1)
   assert not third["resumed"]
   assert (work / "calls").read_text() == "0\n1\n"
+  # A rerun that fails leaves no earlier result behind to be resumed.
+  fake.write_text("import sys; sys.exit(3)")
+  with pytest.raises(RuntimeError, match="exit 3"):
+    run(2)
+  fake.write_text(_FAKE_RUN_PY)
+  assert not (work / "float32_s0" / "result.json").exists()
   # Without --resume a finished run is always rerun.
   args.resume = False
   run(1)
