@@ -229,7 +229,7 @@ def make_synthetic_source(image_size: int, num_examples: int, seed: int):
       return ([str(i) for i in range(self.num_examples_per_split)],
               self._labels.copy())
 
-    def make_dataset(self, split: str, *, shuffle_files: bool = False,
+    def make_records(self, split: str, *, shuffle_files: bool = False,
                      input_context=None, seed=None) -> tf.data.Dataset:
       self._check_split(split)
       index = np.arange(self.num_examples_per_split)
