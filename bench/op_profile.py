@@ -67,9 +67,10 @@ def _xplane_files(trace_dir: str) -> list[str]:
 def op_seconds_by_kind(trace_dir: str) -> dict:
   """Seconds inside TF ops by kind, summed over the host threads.
 
-  The TF executor records one event per op run, named "name:type". Events of
-  the same thread nest (a function call op holds the ops it runs); only the
-  innermost op counts its own time, so nothing is counted twice.
+  The TF executor records one event per op run, named "name:type". Where
+  events of one thread nest, only the innermost counts its own time, so
+  nothing is counted twice. The trace span runs from the first op's start to
+  the last op's end.
   """
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=import-outside-toplevel
   files = _xplane_files(trace_dir)
